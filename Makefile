@@ -1,0 +1,47 @@
+# granite: every target installs what it needs into .venv first, so a fresh clone needs only
+# python3 (>= 3.10) and make.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+GRANITE := $(VENV)/bin/granite
+RECIPE ?= tiny
+# torch is pinned only for the first install where it is missing: on a CPU-only machine this is
+# the small CPU wheel; a user who already has torch (a CUDA build on a cluster) keeps theirs.
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test test-all all bench clean mix tokenizer shards
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+# The whole recipe on the embedded default (the tiny recipe over the bundled sample data).
+# Each stage writes under runs/$(RECIPE)/ (the recipe's run directory).
+all: install
+	$(GRANITE) recipe show $(RECIPE)
+	$(GRANITE) tokenize train --recipe $(RECIPE)
+	for phase in 1 2 3 4; do \
+	  $(GRANITE) mix --phase $$phase --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $$phase || exit 1; \
+	done
+
+bench: install
+	$(PY) benchmarks/bench_tokenize.py
+	$(PY) benchmarks/bench_mix.py
+	$(PY) benchmarks/bench_memory.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,69 @@
+"""`granite recipe show|check`: read a recipe as tables, and validate one reporting every problem."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from granite_cli.console import console
+from granite_cli.errors import BadInput
+from granite_cli.recipe import Recipe, format_count, load_recipe
+
+app = typer.Typer(help="Show and check recipe files (TOML).", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    recipe: Optional[str] = typer.Argument(None, help="Packaged recipe name (tiny, granite-4.1) or a TOML file. Default: tiny."),
+    phase: Optional[int] = typer.Option(None, "--phase", "-p", help="Show only this phase."),
+) -> None:
+    """Print a recipe's phases, token budgets, mixtures and schedules as tables (on stderr)."""
+    loaded = load_recipe(recipe)
+    console.print(f"[bold]{loaded.name}[/]: {loaded.description}  [dim]({loaded.path})[/]")
+    numbers = [phase] if phase is not None else sorted(loaded.phases)
+    for number in numbers:
+        console.print(phase_table(loaded, number))
+    console.print("[dim]* = default chosen by granite where IBM published no value[/]")
+
+
+def phase_table(recipe: Recipe, number: int) -> Table:
+    phase = recipe.phase(number)
+    schedule = ", ".join(f"{k}={v}" for k, v in phase.schedule.items())
+    marker = "*" if "schedule" in phase.unpublished else ""
+    table = Table(title=f"phase {number}: {phase.name} — {format_count(phase.tokens)} tokens — schedule{marker}: {schedule}",
+                  title_justify="left")
+    table.add_column("source")
+    table.add_column("share %", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_column("max repetition", justify="right")
+    mixture = recipe.mixture(number)
+    for source, share in sorted(mixture.items(), key=lambda kv: -kv[1]):
+        declared = recipe.sources.get(source)
+        table.add_row(source, f"{share:g}", format_count(int(phase.tokens * share / 100)),
+                      f"{declared.max_repetition:g}" if declared else "[red]undeclared[/]")
+    for stage in phase.stages:
+        stage_mix = stage.get("mixture")
+        shown = stage_mix if isinstance(stage_mix, str) else ", ".join(f"{k} {v:g}%" for k, v in stage_mix.items())
+        table.add_row(f"[italic]stage {stage.get('name')}[/]", "", format_count(stage.get("tokens", 0)),
+                      f"len {format_count(stage.get('length', 0))}, rope_theta {stage.get('rope_theta', '?'):g}* — {shown}")
+    return table
+
+
+@app.command("check")
+def check(
+    recipe: str = typer.Argument(..., help="Recipe name or TOML file to validate."),
+    structure_only: bool = typer.Option(False, "--structure-only", help="Skip checking that every source's files exist."),
+) -> None:
+    """Validate a recipe: mixtures sum to 100, every source is declared and resolves to files, units parse.
+
+    Every problem is reported at once; exit status 2 when there is any.
+    """
+    loaded = load_recipe(recipe)
+    problems = loaded.problems(check_data=not structure_only)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]✗[/] {problem}", highlight=False)
+        raise BadInput(f"{len(problems)} problem(s) in recipe {loaded.name!r}", str(loaded.path))
+    console.print(f"[green]✓[/] recipe {loaded.name!r} is valid: {len(loaded.phases)} phases, {len(loaded.sources)} sources")

@@ -1,0 +1,157 @@
+"""Record I/O shared by every stage: JSONL read and write, plain, gzip or zstd, files or stdin/stdout.
+
+Reading works on raw bytes and lets orjson parse and UTF-8-validate each line, which is both the
+fastest path and the one that can name the exact line that is bad. Writing is atomic: a file
+appears under its final name only once it is complete.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gzip
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+import orjson
+import zstandard
+
+from granite_cli.console import console
+from granite_cli.errors import BadInput
+
+STDIO = "-"
+READ_CHUNK = 1 << 20
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open a record file for reading; the extension says whether it is compressed."""
+    if path == STDIO:
+        return sys.stdin.buffer
+    if not os.path.exists(path):
+        raise BadInput("no such file", path)
+    raw = open(path, "rb")
+    if path.endswith(".zst"):
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_CHUNK, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=READ_CHUNK)
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)
+    return raw
+
+
+def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, line bytes) of a record file; a truncated or corrupt archive is bad input."""
+    stream = open_binary(path)
+    line_no = 0
+    try:
+        for line_no, line in enumerate(stream, start=1):
+            yield line_no, line
+    except (zstandard.ZstdError, EOFError, gzip.BadGzipFile, OSError) as err:
+        raise BadInput(f"cannot decompress after line {line_no} ({err}); is the file truncated?", path) from err
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+@dataclass
+class ErrorPolicy:
+    """What to do with a bad record: `fail` stops with exit 2, `skip` counts it and goes on."""
+
+    mode: str = "fail"
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    shown: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("fail", "skip"):
+            raise BadInput(f"--on-error must be 'fail' or 'skip', not {self.mode!r}")
+
+    def bad(self, error: BadInput, reason: str) -> None:
+        if self.mode == "fail":
+            raise error
+        self.skipped[reason] += 1
+        if self.shown < 5:
+            console.print(f"[yellow]skipped[/] {error}")
+            self.shown += 1
+
+    def report(self) -> None:
+        if self.skipped:
+            total = sum(self.skipped.values())
+            detail = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
+            console.print(f"[yellow]skipped {total} bad record(s)[/]: {detail}")
+
+
+def parse_line(line: bytes, path: str, line_no: int, policy: ErrorPolicy, require_text: bool) -> dict | None:
+    """Parse one JSONL line into a record, or apply the error policy and return None."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as err:
+        reason = "invalid UTF-8" if "utf-8" in str(err).lower() else "malformed JSON"
+        policy.bad(BadInput(f"{reason}: {err}", path, line_no), reason)
+        return None
+    if not isinstance(record, dict):
+        policy.bad(BadInput("a record must be a JSON object", path, line_no), "not an object")
+        return None
+    if require_text and not isinstance(record.get("text"), str):
+        policy.bad(BadInput("record has no string 'text' field", path, line_no), "no text")
+        return None
+    return record
+
+
+def read_records(
+    paths: Iterable[str], policy: ErrorPolicy | None = None, require_text: bool = False
+) -> Iterator[dict]:
+    """Yield the records of every file in turn (blank lines ignored)."""
+    policy = policy or ErrorPolicy()
+    for path in paths:
+        for line_no, line in iter_lines(path):
+            if line.strip():
+                record = parse_line(line, path, line_no, policy, require_text)
+                if record is not None:
+                    yield record
+
+
+def input_paths(inputs: list[str] | None) -> list[str]:
+    """The files a record-reading stage reads: the given ones, else stdin when it is not a terminal."""
+    if inputs:
+        return list(inputs)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise BadInput("no input: give input files, or pipe records on stdin")
+    return [STDIO]
+
+
+def dumps(record: dict) -> bytes:
+    return orjson.dumps(record) + b"\n"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`, renamed onto it only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def record_writer(path: str | None) -> Iterator[IO[bytes]]:
+    """A binary sink for JSONL lines: stdout for None or '-', else an atomically written file."""
+    if path in (None, STDIO):
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as raw:
+        if path.endswith(".zst"):
+            with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as sink:
+                yield sink
+        elif path.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb") as sink:
+                yield sink
+        else:
+            yield raw

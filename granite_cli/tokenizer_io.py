@@ -1,0 +1,39 @@
+"""Loading a local Hugging Face tokenizer, with errors a user can act on."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from granite_cli.errors import BadInput
+
+
+def load_tokenizer(path: str):
+    """A fast tokenizer from a local directory (never the Hub: a missing path is bad input)."""
+    directory = Path(path)
+    if not directory.is_dir() or not any((directory / name).exists() for name in
+                                         ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        raise BadInput("not a tokenizer directory (expected tokenizer.json or tokenizer_config.json); "
+                       "train one with `granite tokenize train`", path)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as err:  # transformers raises OSError, ValueError, ... for unreadable tokenizers
+        raise BadInput(f"cannot load tokenizer: {err}", path) from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise BadInput("only fast (Rust) tokenizers are supported: the directory needs a tokenizer.json", path)
+    return tokenizer
+
+
+def tokenizer_identity(tokenizer, path: str) -> dict:
+    """What the shard manifest records to tie token ids to the exact tokenizer that made them."""
+    serialized = tokenizer.backend_tokenizer.to_str()
+    return {
+        "path": str(Path(path).resolve()),
+        "name": getattr(tokenizer, "name_or_path", path),
+        "sha256": hashlib.sha256(serialized.encode()).hexdigest(),
+        "vocab_size": len(tokenizer),
+        "eos_token": tokenizer.eos_token,
+        "eos_id": tokenizer.eos_token_id,
+    }

@@ -1,0 +1,287 @@
+"""granite mix: stream one pre-training phase's data mixture as JSONL documents.
+
+The recipe declares the mixture (source -> share of tokens, OLMo-core style); this stage meets it:
+
+1. plan: each source's target tokens = phase budget x share; count what each source holds
+   (streamed once, cached); a source smaller than its target repeats, up to its max_repetition,
+   and a source short even then is an error that says by how much.
+2. interleave: always draw from the source furthest behind its target, so the stream is mixed
+   throughout and every prefix is close to the mixture. Within a source, files are visited in a
+   seeded order each epoch and documents pass through a seeded shuffle buffer: memory stays bounded.
+3. write: stdout or zstd files; with --num-shards each worker writes every N-th document of the
+   same global stream, so the union of the shards is the single-process output.
+4. report: a table of target vs achieved shares on stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+from rich.table import Table
+
+from granite_cli import cli
+from granite_cli.console import console, progress
+from granite_cli.errors import BadInput
+from granite_cli.recipe import Recipe, Source, format_count, load_recipe
+from granite_cli.records import ErrorPolicy, atomic_path, dumps, record_writer
+from granite_cli.sources import read_unit, source_units
+
+SHUFFLE_BUFFER = 1024
+RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
+
+
+def mix_command(
+    phase: int = typer.Option(..., "--phase", "-p", help="Recipe phase to mix (1-5)."),
+    recipe: Optional[str] = cli.RecipeOption,
+    run_dir: Optional[str] = cli.RunDirOption,
+    seed: int = cli.SeedOption,
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o",
+        help="A .jsonl[.zst|.gz] file, or a directory (one mix-IIIII-of-NNNNN.jsonl.zst per worker plus its report). "
+             "Default: stdout."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", help="Count tokens with this tokenizer directory (exact, slower). "
+                                  "Default: estimate from UTF-8 bytes / the recipe's bytes_per_token."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="Override the phase's token budget (e.g. 500K, 2T)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (targets, files) without reading any data."),
+    shard_index: Optional[int] = cli.ShardIndexOption,
+    num_shards: Optional[int] = cli.NumShardsOption,
+    on_error: str = cli.OnErrorOption,
+) -> None:
+    """Stream a phase's data mixture as JSONL documents ({"id", "text", "source", ...}).
+
+    Shares are met by tokens over the phase's budget; small sources repeat up to their max_repetition.
+    Example: granite mix --phase 2 | granite tokenize
+    """
+    loaded = load_recipe(recipe, run_dir)
+    budget = _budget(loaded, phase, tokens)
+    targets = {name: budget * share / 100 for name, share in loaded.mixture(phase).items()}
+    sources = {name: _declared(loaded, name) for name in targets}
+    if dry_run:
+        console.print(dry_run_table(loaded, phase, budget, sources, targets))
+        return
+    index, count = cli.array_position(shard_index, num_shards)
+    policy = ErrorPolicy(on_error)
+    counter = token_counter(loaded, tokenizer)
+    available = {name: available_tokens(src, counter, policy, loaded.run_dir) for name, src in sources.items()}
+    check_supply(sources, targets, available)
+    cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter) for name in targets]
+    stream = interleave(cursors)
+    target_path = _output_path(output, index, count)
+    with record_writer(target_path) as sink, progress() as bar:
+        task = bar.add_task(f"mix phase {phase}", total=int(sum(targets.values())), rate="")
+        for position, (cursor, doc, n_tokens) in enumerate(stream):
+            if position % count == index:
+                cursor.written += 1
+                sink.write(dumps(output_document(doc, cursor, phase)))
+            bar.advance(task, n_tokens)
+    policy.report()
+    report = mix_report(loaded, phase, budget, cursors, available, seed, index, count)
+    console.print(report_table(report, loaded.mix_tolerance))
+    if target_path not in (None, "-") and Path(output).suffix not in (".jsonl", ".zst", ".gz"):
+        with atomic_path(Path(output) / f"mix-{index:05d}-of-{count:05d}.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+
+
+# ------------------------------------------------------------------ planning
+def _budget(recipe: Recipe, phase: int, override: Optional[str]) -> int:
+    from granite_cli.recipe import parse_count
+
+    budget = parse_count(override, "--tokens") if override else recipe.phase(phase).tokens
+    if budget <= 0:
+        raise BadInput(f"phase {phase} has no token budget: set `tokens` in the recipe or pass --tokens")
+    return budget
+
+
+def _declared(recipe: Recipe, name: str) -> Source:
+    if name not in recipe.sources:
+        raise BadInput(f"the mixture names source {name!r}, which the recipe does not declare under [sources]", str(recipe.path))
+    return recipe.sources[name]
+
+
+def token_counter(recipe: Recipe, tokenizer: Optional[str]) -> "TokenCounter":
+    if tokenizer:
+        from granite_cli.tokenizer_io import load_tokenizer
+
+        backend = load_tokenizer(tokenizer).backend_tokenizer
+        return TokenCounter(f"tokenizer:{tokenizer}", lambda text: len(backend.encode(text, add_special_tokens=False).ids))
+    bytes_per_token = recipe.bytes_per_token
+    return TokenCounter(f"estimate:{bytes_per_token}", lambda text: max(1, round(len(text.encode()) / bytes_per_token)))
+
+
+@dataclass
+class TokenCounter:
+    """How tokens are counted: `identity` names the method so cached counts are never mixed up."""
+
+    identity: str
+    count: Callable[[str], int]
+
+
+def available_tokens(source: Source, counter: TokenCounter, policy: ErrorPolicy, run_dir: Path) -> int:
+    """Tokens one pass over the source holds; cached per file (path, size, mtime, counting method)."""
+    cache_path = run_dir / ".cache" / "source-tokens.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    total, changed = 0, False
+    for unit in source_units(source):
+        stat = os.stat(unit) if os.path.exists(unit) else None
+        key = hashlib.sha256(f"{unit}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
+                             f"{source.text_field}".encode()).hexdigest()
+        if key not in cache or stat is None:
+            cache[key] = sum(counter.count(doc["text"]) for doc in read_unit(unit, source, policy))
+            changed = True
+        total += cache[key]
+    if changed:
+        with atomic_path(cache_path) as tmp:
+            tmp.write_text(json.dumps(cache))
+    return total
+
+
+def check_supply(sources: dict[str, Source], targets: dict[str, float], available: dict[str, int]) -> None:
+    """Every source must cover its target within max_repetition passes; report all short ones at once."""
+    short = []
+    for name, target in targets.items():
+        cap = available[name] * sources[name].max_repetition
+        if cap < target:
+            short.append(f"source {name!r} is short by {format_count(int(target - cap))} tokens: needs "
+                         f"{format_count(int(target))}, holds {format_count(available[name])} x max_repetition "
+                         f"{sources[name].max_repetition:g}")
+    if short:
+        raise BadInput("; ".join(short) + ". Add data, raise the source's max_repetition, or lower the phase's tokens.")
+
+
+# ------------------------------------------------------------------ streaming
+@dataclass
+class SourceCursor:
+    """One source's position in the mixed stream: what it must emit and what it has emitted."""
+
+    source: Source
+    target: float
+    seed: int
+    policy: ErrorPolicy
+    counter: TokenCounter
+    emitted_tokens: int = 0
+    emitted_docs: int = 0
+    written: int = 0
+    epoch: int = 0
+    documents: Iterator[tuple[int, dict]] = field(init=False)
+
+    def __post_init__(self):
+        self.documents = self._epochs()
+
+    def _epochs(self) -> Iterator[tuple[int, dict]]:
+        for epoch in range(math.ceil(self.source.max_repetition)):
+            rng = random.Random(f"{self.seed}/{self.source.name}/{epoch}")
+            units = source_units(self.source)
+            rng.shuffle(units)
+            docs = itertools.chain.from_iterable(read_unit(u, self.source, self.policy) for u in units)
+            for doc in shuffle_buffer(docs, rng, SHUFFLE_BUFFER):
+                yield epoch, doc
+
+    def behind(self) -> float:
+        return self.emitted_tokens / self.target
+
+
+def shuffle_buffer(items: Iterator[dict], rng: random.Random, size: int) -> Iterator[dict]:
+    """Shuffle a stream with a bounded buffer: each new item swaps out a random buffered one."""
+    buffer: list[dict] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        slot = rng.randrange(size)
+        yield buffer[slot]
+        buffer[slot] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict, int]]:
+    """Yield (cursor, document, tokens), always from the source furthest behind its target.
+
+    A source stops when its next document would overshoot its target by more than half that
+    document, which keeps each source within half a document of its exact share.
+    """
+    heap = [(0.0, order, cursor) for order, cursor in enumerate(cursors) if cursor.target > 0]
+    heapq.heapify(heap)
+    while heap:
+        _, order, cursor = heapq.heappop(heap)
+        item = next(cursor.documents, None)
+        if item is None:
+            continue
+        cursor.epoch, doc = item
+        n_tokens = cursor.counter.count(doc["text"])
+        if cursor.emitted_tokens + n_tokens / 2 > cursor.target:
+            continue
+        cursor.emitted_tokens += n_tokens
+        cursor.emitted_docs += 1
+        yield cursor, doc, n_tokens
+        heapq.heappush(heap, (cursor.behind(), order, cursor))
+
+
+def output_document(doc: dict, cursor: SourceCursor, phase: int) -> dict:
+    """The document as emitted: `source` is the recipe's source name; a repeated pass is marked."""
+    doc["source"] = cursor.source.name
+    doc["phase"] = phase
+    if cursor.epoch:
+        doc["repeat"] = cursor.epoch
+    return doc
+
+
+def _output_path(output: Optional[str], index: int, count: int) -> Optional[str]:
+    if output is None or output == "-" or output.endswith(RECORD_SUFFIXES):
+        if count > 1 and output not in (None, "-"):
+            raise BadInput("with --num-shards > 1, give -o a directory (each worker writes its own file) or use stdout")
+        return output
+    return str(Path(output) / f"mix-{index:05d}-of-{count:05d}.jsonl.zst")
+
+
+# ------------------------------------------------------------------ reporting
+def mix_report(recipe, phase, budget, cursors, available, seed, index, count) -> dict:
+    total = sum(c.emitted_tokens for c in cursors) or 1
+    return {
+        "recipe": recipe.name, "phase": phase, "budget_tokens": budget, "seed": seed,
+        "shard_index": index, "num_shards": count, "emitted_tokens": total, "command": sys.argv,
+        "sources": {
+            c.source.name: {"target_pct": 100 * c.target / budget, "achieved_pct": 100 * c.emitted_tokens / total,
+                            "tokens": c.emitted_tokens, "documents": c.emitted_docs, "written_documents": c.written,
+                            "available_tokens": available[c.source.name],
+                            "repetitions": c.emitted_tokens / max(available[c.source.name], 1)}
+            for c in cursors},
+    }
+
+
+def report_table(report: dict, tolerance: float) -> Table:
+    table = Table(title=f"mix: {report['recipe']} phase {report['phase']} — {format_count(report['emitted_tokens'])} tokens "
+                        f"(target {format_count(report['budget_tokens'])}, tolerance ±{tolerance:g} pp)", title_justify="left")
+    for column in ("source", "target %", "achieved %", "tokens", "documents", "repetitions"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, row in sorted(report["sources"].items(), key=lambda kv: -kv[1]["target_pct"]):
+        off = abs(row["achieved_pct"] - row["target_pct"]) > tolerance
+        achieved = f"[red]{row['achieved_pct']:.2f}[/]" if off else f"{row['achieved_pct']:.2f}"
+        table.add_row(name, f"{row['target_pct']:.2f}", achieved, format_count(row["tokens"]),
+                      str(row["documents"]), f"{row['repetitions']:.2f}x")
+    return table
+
+
+def dry_run_table(recipe: Recipe, phase: int, budget: int, sources: dict[str, Source], targets: dict[str, float]) -> Table:
+    table = Table(title=f"mix plan (dry run): {recipe.name} phase {phase} — {format_count(budget)} tokens", title_justify="left")
+    for column in ("source", "share %", "target tokens", "max repetition", "files", "bytes on disk"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, target in sorted(targets.items(), key=lambda kv: -kv[1]):
+        source = sources[name]
+        files = source.files() if not source.hf else []
+        size = sum(os.path.getsize(f) for f in files)
+        table.add_row(name, f"{100 * target / budget:.2f}", format_count(int(target)), f"{source.max_repetition:g}",
+                      f"hf:{source.hf}" if source.hf else str(len(files)), format_count(size) if files else "-")
+    return table
