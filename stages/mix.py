@@ -38,6 +38,7 @@ from granite_cli.records import ErrorPolicy, atomic_path, dumps, record_writer
 from granite_cli.sources import read_unit, source_units
 
 SHUFFLE_BUFFER = 1024
+MAX_PASSES = 32  # documents a source may pass over, near its target, looking for one that fits
 RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 
 
@@ -76,7 +77,8 @@ def mix_command(
     counter = token_counter(loaded, tokenizer)
     available = {name: available_tokens(src, counter, policy, loaded.run_dir) for name, src in sources.items()}
     check_supply(sources, targets, available)
-    cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter) for name in targets]
+    slack = budget * loaded.mix_tolerance / 100 / 2
+    cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter, slack) for name in targets]
     stream = interleave(cursors)
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
@@ -170,10 +172,12 @@ class SourceCursor:
     seed: int
     policy: ErrorPolicy
     counter: TokenCounter
+    slack: float = 0.0
     emitted_tokens: int = 0
     emitted_docs: int = 0
     written: int = 0
     epoch: int = 0
+    passed: int = 0
     documents: Iterator[tuple[int, dict]] = field(init=False)
 
     def __post_init__(self):
@@ -209,8 +213,9 @@ def shuffle_buffer(items: Iterator[dict], rng: random.Random, size: int) -> Iter
 def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict, int]]:
     """Yield (cursor, document, tokens), always from the source furthest behind its target.
 
-    A source stops when its next document would overshoot its target by more than half that
-    document, which keeps each source within half a document of its exact share.
+    A document that would overshoot its source's target by more than the source's slack (half the
+    recipe's tolerance) is passed over; a source is done once it is within its slack of the target,
+    or after MAX_PASSES documents in a row did not fit. Smaller documents thus fill the last gap.
     """
     heap = [(0.0, order, cursor) for order, cursor in enumerate(cursors) if cursor.target > 0]
     heapq.heapify(heap)
@@ -221,12 +226,17 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
             continue
         cursor.epoch, doc = item
         n_tokens = cursor.counter.count(doc["text"])
-        if cursor.emitted_tokens + n_tokens / 2 > cursor.target:
+        if cursor.emitted_tokens + n_tokens > cursor.target + cursor.slack:
+            cursor.passed += 1
+            if cursor.passed < MAX_PASSES:
+                heapq.heappush(heap, (cursor.behind(), order, cursor))
             continue
+        cursor.passed = 0
         cursor.emitted_tokens += n_tokens
         cursor.emitted_docs += 1
         yield cursor, doc, n_tokens
-        heapq.heappush(heap, (cursor.behind(), order, cursor))
+        if cursor.emitted_tokens < cursor.target - cursor.slack:
+            heapq.heappush(heap, (cursor.behind(), order, cursor))
 
 
 def output_document(doc: dict, cursor: SourceCursor, phase: int) -> dict:

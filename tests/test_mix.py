@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import orjson
+import pytest
+import zstandard
+
+from conftest import granite
+
+
+def mix(*args, check=True):
+    return granite("mix", *args, check=check)
+
+
+def records(output: bytes):
+    return [orjson.loads(line) for line in output.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def phase4(tmp_path_factory):
+    run = tmp_path_factory.mktemp("mixrun")
+    return mix("--phase", "4", "--seed", "3", "--run-dir", run), run
+
+
+def test_documents_follow_the_contract_and_go_to_stdout(phase4):
+    result, _ = phase4
+    docs = records(result.stdout)
+    assert docs and all(isinstance(d["id"], str) and isinstance(d["text"], str) for d in docs)
+    assert {d["source"] for d in docs} == {"commoncrawl-hq", "code", "math", "long-cot", "code-instructions",
+                                           "language-instructions"}
+    assert all(d["phase"] == 4 for d in docs)
+    assert "achieved %" in result.stderr.decode()
+
+
+def test_achieved_shares_are_within_the_recipe_tolerance(phase4, tmp_path):
+    _, run = phase4
+    mix("--phase", "4", "--seed", "3", "--run-dir", run, "-o", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "mix-00000-of-00001.json").read_text())
+    for name, row in report["sources"].items():
+        assert abs(row["achieved_pct"] - row["target_pct"]) <= 0.5, name
+
+
+def test_same_seed_same_bytes_other_seed_other_order(phase4):
+    first, run = phase4
+    again = mix("--phase", "4", "--seed", "3", "--run-dir", run)
+    other = mix("--phase", "4", "--seed", "4", "--run-dir", run)
+    assert first.stdout == again.stdout
+    assert first.stdout != other.stdout
+
+
+def test_job_array_shards_union_equals_single_process(phase4, tmp_path):
+    single, run = phase4
+    out = tmp_path / "parts"
+    for index in range(3):
+        granite("mix", "--phase", "4", "--seed", "3", "--run-dir", run, "--shard-index", index, "--num-shards", 3,
+                "-o", out, check=True)
+    parts = []
+    for index in range(3):
+        raw = zstandard.ZstdDecompressor().stream_reader(open(out / f"mix-{index:05d}-of-00003.jsonl.zst", "rb")).read()
+        parts.extend(raw.splitlines())
+    assert sorted(parts) == sorted(single.stdout.splitlines())
+
+
+def test_short_source_errors_with_the_shortfall(tmp_path):
+    result = mix("--phase", "1", "--tokens", "1T", "--run-dir", tmp_path, check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 2
+    assert "'commoncrawl' is short by" in err and "max_repetition" in err
+    assert result.stdout == b""
+
+
+def test_repetition_is_reported_and_marked(tmp_path):
+    mix("--phase", "1", "--tokens", "3M", "--run-dir", tmp_path, "-o", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "mix-00000-of-00001.json").read_text())
+    raw = zstandard.ZstdDecompressor().stream_reader(open(tmp_path / "out" / "mix-00000-of-00001.jsonl.zst", "rb")).read()
+    repeated_sources = {d["source"] for d in records(raw) if d.get("repeat")}
+    over_one_pass = {name for name, row in report["sources"].items() if row["repetitions"] > 1.0}
+    assert repeated_sources and repeated_sources == over_one_pass
+
+
+def test_dry_run_reads_no_data(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[sources.web]\npaths = ["/nonexistent/*.jsonl"]\n[[phases]]\nnumber = 1\ntokens = "1M"\n'
+                      '[phases.mixture]\nweb = 100\n')
+    result = mix("--phase", "1", "--recipe", recipe, "--dry-run")
+    assert "mix plan" in result.stderr.decode() and result.stdout == b""
+
+
+def test_unknown_phase_is_bad_usage(tmp_path):
+    result = mix("--phase", "9", "--run-dir", tmp_path, check=False)
+    assert result.returncode == 2 and "no phase 9" in result.stderr.decode()
+
+
+def test_closed_pipe_ends_quietly(phase4):
+    _, run = phase4
+    proc = subprocess.run(f"{sys.executable} -m granite_cli mix --phase 4 --run-dir {run} | head -n 1",
+                          shell=True, capture_output=True)
+    assert proc.returncode == 0
+    assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr
+    assert len(proc.stdout.splitlines()) == 1

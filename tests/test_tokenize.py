@@ -1,0 +1,161 @@
+import json
+import random
+
+import numpy as np
+import orjson
+import pytest
+import zstandard
+
+from conftest import REPO, granite
+from granite_cli.records import read_records
+from granite_cli.shards import ShardSet
+from granite_cli.tokenizer_io import load_tokenizer, tokenizer_identity
+from stages.tokenize import write_shards
+
+PRETRAIN = sorted((REPO / "examples" / "data" / "pretrain").glob("*.jsonl.zst"))
+
+
+def sample_documents(per_source=15, seed=0):
+    """A few documents of every bundled source (long ones cut, to keep the test fast)."""
+    rng = random.Random(seed)
+    docs = []
+    for path in PRETRAIN:
+        found = list(read_records([str(path)]))
+        for doc in rng.sample(found, min(per_source, len(found))):
+            docs.append({"id": doc["id"], "text": doc["text"][:20000], "source": doc["source"]})
+    return docs
+
+
+def write_jsonl(path, docs):
+    path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
+    return path
+
+
+def test_trained_tokenizer_loads_in_plain_transformers(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    assert tok.eos_token == tok.bos_token == "<|end_of_text|>"
+    assert len(tok) == 2048
+    assert (tokenizer_dir / "chat_template.jinja").exists()
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == "<|start_of_role|>user<|end_of_role|>hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>"
+
+
+def test_decode_of_tokenize_is_the_text_on_the_bundled_data(tokenizer_dir, tmp_path):
+    docs = sample_documents()
+    out = tmp_path / "shards"
+    granite("tokenize", write_jsonl(tmp_path / "docs.jsonl", docs), "--tokenizer", tokenizer_dir, "-o", out,
+            "--shard-tokens", "50K", check=True)
+    shards = ShardSet(out)
+    tok = load_tokenizer(str(tokenizer_dir))
+    decoded = []
+    for number in range(len(shards.shards)):
+        for doc in range(len(shards.ends(number))):
+            ids = shards.document(number, doc)
+            assert ids[-1] == tok.eos_token_id
+            decoded.append(tok.decode(ids[:-1].tolist(), skip_special_tokens=False))
+    assert decoded == [d["text"] for d in docs]
+    assert len(shards.shards) > 1 and shards.dtype == np.uint16
+    assert shards.manifest["documents"] == len(docs)
+    assert set(shards.manifest["sources"]) == {d["source"] for d in docs}
+    assert shards.verify() == []
+
+
+def test_manifest_records_identity_and_counts(tokenizer_dir, tmp_path):
+    docs = sample_documents(per_source=2)
+    out = tmp_path / "s"
+    granite("tokenize", write_jsonl(tmp_path / "d.jsonl", docs), "-t", tokenizer_dir, "-o", out, check=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    identity = tokenizer_identity(load_tokenizer(str(tokenizer_dir)), str(tokenizer_dir))
+    assert manifest["tokenizer"]["sha256"] == identity["sha256"] and manifest["eos_id"] == identity["eos_id"]
+    assert manifest["tokens"] == sum(s["tokens"] for s in manifest["shards"]) == \
+        sum(v["tokens"] for v in manifest["sources"].values())
+    assert "tokenize" in " ".join(manifest["command"])
+
+
+def test_inspect_verifies_and_detects_corruption(tokenizer_dir, tmp_path):
+    docs = sample_documents(per_source=2)
+    out = tmp_path / "s"
+    granite("tokenize", write_jsonl(tmp_path / "d.jsonl", docs), "-t", tokenizer_dir, "-o", out, check=True)
+    ok = granite("tokenize", "inspect", out)
+    assert ok.returncode == 0 and "match the manifest" in ok.stderr.decode()
+    tokens_file = out / "shard-00000.tokens"
+    data = bytearray(tokens_file.read_bytes())
+    data[10] ^= 0xFF
+    tokens_file.write_bytes(bytes(data))
+    bad = granite("tokenize", "inspect", out)
+    assert bad.returncode == 1 and "checksum does not match" in bad.stderr.decode()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupted_after(docs, n):
+    for i, doc in enumerate(docs):
+        if i == n:
+            raise Interrupt()
+        yield doc
+
+
+def test_resumed_run_writes_the_same_bytes_as_an_uninterrupted_one(tokenizer_dir, tmp_path):
+    docs = sample_documents(per_source=10)
+    tok = load_tokenizer(str(tokenizer_dir))
+    identity = tokenizer_identity(tok, str(tokenizer_dir))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    write_shards(iter(docs), tok, identity, straight, shard_tokens=20_000, batch_docs=16)
+    with pytest.raises(Interrupt):
+        write_shards(interrupted_after(iter(docs), 90), tok, identity, resumed, shard_tokens=20_000, batch_docs=16)
+    assert not resumed.exists() and (tmp_path / ".resumed.partial" / "progress.json").exists()
+    write_shards(iter(docs), tok, identity, resumed, shard_tokens=20_000, batch_docs=16)
+    names = sorted(p.name for p in straight.iterdir())
+    assert names == sorted(p.name for p in resumed.iterdir())
+    for name in names:
+        if name != "manifest.json":
+            assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name
+    assert json.loads((straight / "manifest.json").read_text())["shards"] == \
+        json.loads((resumed / "manifest.json").read_text())["shards"]
+
+
+def test_resume_refuses_a_different_input(tokenizer_dir, tmp_path):
+    docs = sample_documents(per_source=10)
+    tok = load_tokenizer(str(tokenizer_dir))
+    identity = tokenizer_identity(tok, str(tokenizer_dir))
+    with pytest.raises(Interrupt):
+        write_shards(interrupted_after(iter(docs), 90), tok, identity, tmp_path / "o", shard_tokens=20_000, batch_docs=16)
+    from granite_cli.errors import BadInput
+
+    with pytest.raises(BadInput, match="differs"):
+        write_shards(iter(list(reversed(docs))), tok, identity, tmp_path / "o", shard_tokens=20_000, batch_docs=16)
+
+
+def test_bare_pipe_uses_the_run_directory(tokenizer_dir, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(tokenizer_dir, run / "tokenizer")
+    granite_cmd = f"{sys.executable} -m granite_cli"
+    proc = subprocess.run(f"{granite_cmd} mix --phase 4 --run-dir {run} | {granite_cmd} tokenize --run-dir {run}",
+                          shell=True, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "shards/phase-4" in proc.stderr.decode()
+    assert ShardSet(run / "shards" / "phase-4").verify() == []
+
+
+def test_existing_output_is_not_overwritten_without_flag(tokenizer_dir, tmp_path):
+    docs = write_jsonl(tmp_path / "d.jsonl", sample_documents(per_source=1))
+    granite("tokenize", docs, "-t", tokenizer_dir, "-o", tmp_path / "s", check=True)
+    again = granite("tokenize", docs, "-t", tokenizer_dir, "-o", tmp_path / "s")
+    assert again.returncode == 2 and "--overwrite" in again.stderr.decode()
+    assert granite("tokenize", docs, "-t", tokenizer_dir, "-o", tmp_path / "s", "--overwrite").returncode == 0
+
+
+def test_zstd_input(tokenizer_dir, tmp_path):
+    docs = sample_documents(per_source=1)
+    path = tmp_path / "d.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(orjson.dumps(d) + b"\n" for d in docs)))
+    granite("tokenize", path, "-t", tokenizer_dir, "-o", tmp_path / "s", check=True)
+    assert ShardSet(tmp_path / "s").manifest["documents"] == len(docs)
