@@ -35,7 +35,7 @@ all: install
 	$(GRANITE) recipe show $(RECIPE)
 	$(GRANITE) tokenize train --recipe $(RECIPE)
 	for phase in 1 2 3 4; do \
-	  $(GRANITE) mix --phase $$phase --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $$phase || exit 1; \
+	  $(GRANITE) mix --phase $$phase --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $$phase --overwrite || exit 1; \
 	done
 
 bench: install

@@ -38,6 +38,7 @@ from granite_cli.records import ErrorPolicy, atomic_path, dumps, record_writer
 from granite_cli.sources import read_unit, source_units
 
 SHUFFLE_BUFFER = 1024
+PROGRESS_EVERY = 1024  # documents between progress-bar updates (a per-document update costs ~10% of the run)
 MAX_PASSES = 32  # documents a source may pass over, near its target, looking for one that fits
 RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 
@@ -83,11 +84,15 @@ def mix_command(
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
         task = bar.add_task(f"mix phase {phase}", total=int(sum(targets.values())), rate="")
+        pending = 0
         for position, (cursor, doc, n_tokens) in enumerate(stream):
             if position % count == index:
                 cursor.written += 1
                 sink.write(dumps(output_document(doc, cursor, phase)))
-            bar.advance(task, n_tokens)
+            pending += n_tokens
+            if position % PROGRESS_EVERY == 0:
+                bar.advance(task, pending)
+                pending = 0
     policy.report()
     report = mix_report(loaded, phase, budget, cursors, available, seed, index, count)
     console.print(report_table(report, loaded.mix_tolerance))

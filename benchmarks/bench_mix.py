@@ -1,0 +1,65 @@
+"""Mix throughput: MB/s of `granite mix` against `zstd -dc` of the same input files.
+
+A one-source recipe points at a corpus built from the bundled data, with a token budget of most of
+one pass over it; throughput is MB of JSONL written per second by each tool. granite runs as users
+run it (the CLI, output to a file) with its per-file token counts already cached (as on
+any rerun or job-array worker after the first); the cold first run, which counts every source once
+more, is reported too. Medians of --repeats runs.
+
+    python benchmarks/bench_mix.py [--megabytes 100] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import REPO, WORK, corpus, median_seconds, save  # noqa: E402
+
+
+def one_source_recipe(data: Path, megabytes: int, name: str) -> Path:
+    recipe = WORK / f"{name}.toml"
+    tokens = int(megabytes * 1_000_000 / 4.0 * 0.9)  # most of one pass (JSON keys and escapes are not text)
+    recipe.write_text(f'name = "{name}"\nrun_dir = "{WORK / name}"\nbytes_per_token = 4.0\n'
+                      f'[sources.corpus]\npaths = ["{data}"]\n[[phases]]\nnumber = 1\ntokens = {tokens}\n'
+                      f'[phases.mixture]\ncorpus = 100\n')
+    return recipe
+
+
+def run_mix(recipe: Path) -> None:
+    with open(WORK / "mix-output.jsonl", "wb") as sink:
+        subprocess.run([sys.executable, "-m", "granite_cli", "mix", "--phase", "1", "--recipe", str(recipe)],
+                       stdout=sink, stderr=subprocess.DEVNULL, check=True, cwd=REPO)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    data = corpus(args.megabytes)
+    recipe = one_source_recipe(data, args.megabytes, "bench-mix")
+    subprocess.run(["rm", "-rf", str(WORK / "bench-mix" / ".cache")], check=True)
+    cold = median_seconds(lambda: run_mix(recipe), 1)
+    warm = median_seconds(lambda: run_mix(recipe), args.repeats)
+
+    def zstd():
+        with open("/dev/null", "wb") as sink:
+            subprocess.run(["zstd", "-dc", str(data)], stdout=sink, check=True)
+
+    baseline = median_seconds(zstd, args.repeats)
+    mixed_mb = (WORK / "mix-output.jsonl").stat().st_size / 1e6
+    rates = {"granite_mix": mixed_mb / warm, "granite_mix_cold": mixed_mb / cold, "zstd_dc": args.megabytes / baseline}
+    save("mix", {
+        "corpus_mb_uncompressed": args.megabytes, "granite_output_mb": mixed_mb,
+        "median_seconds": {"granite_mix": warm, "granite_mix_cold": cold, "zstd_dc": baseline},
+        "mb_per_second": rates, "ratio_granite_vs_zstd": rates["granite_mix"] / rates["zstd_dc"],
+        "ratio_cold_granite_vs_zstd": rates["granite_mix_cold"] / rates["zstd_dc"], "goal": ">= 0.5",
+    })
+
+
+if __name__ == "__main__":
+    main()

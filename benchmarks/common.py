@@ -1,0 +1,67 @@
+"""Shared benchmark setup: a corpus built from the bundled data, the tiny tokenizer, medians, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zstandard
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "runs" / "bench"
+RESULTS = REPO / "benchmarks" / "results"
+PRETRAIN = REPO / "examples" / "data" / "pretrain"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def corpus(megabytes: int) -> Path:
+    """A JSONL.zst file of about `megabytes` MB (uncompressed) cycling through every bundled pretrain source."""
+    path = WORK / f"corpus-{megabytes}MB.jsonl.zst"
+    if path.exists():
+        return path
+    WORK.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for source in sorted(PRETRAIN.glob("*.jsonl.zst")):
+        lines.extend(zstandard.ZstdDecompressor().stream_reader(open(source, "rb")).read().splitlines(keepends=True))
+    target, written, copy = megabytes * 1_000_000, 0, 0
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as sink:
+        while written < target:
+            for line in lines:
+                sink.write(line)
+                written += len(line)
+                if written >= target:
+                    break
+            copy += 1
+    tmp.rename(path)
+    return path
+
+
+def tokenizer() -> Path:
+    """The tiny recipe's tokenizer (trained on the bundled data if it is not there yet)."""
+    path = REPO / "runs" / "tiny" / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+        subprocess.run([sys.executable, "-m", "granite_cli", "tokenize", "train", "--recipe", "tiny"], check=True, cwd=REPO)
+    return path
+
+
+def median_seconds(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def save(name: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, **result}
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
