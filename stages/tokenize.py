@@ -228,7 +228,7 @@ def _skip_consumed(documents: Iterator[dict], state: dict, digest) -> Iterator[d
 # ------------------------------------------------------------------ granite tokenize train
 @app.command("train")
 def train_command(
-    inputs: Optional[list[str]] = typer.Argument(None, help="JSONL documents to train on. Default: the recipe's tokenizer.train_sources."),
+    inputs: Optional[list[str]] = typer.Argument(None, help="JSONL documents to train on ('-' for stdin). Default: the recipe's tokenizer.train_sources."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary size, special tokens included. Default: the recipe's."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Tokenizer directory. Default: <run-dir>/tokenizer."),
     max_bytes: Optional[str] = typer.Option(None, "--max-bytes", help="Bytes of text read from each input (or source). Default: recipe's train_bytes_per_source, else all."),
@@ -267,9 +267,9 @@ def train_command(
 
 
 def training_texts(inputs: Optional[list[str]], recipe, budget: Optional[int], policy: ErrorPolicy) -> Iterator[str]:
-    """Texts to train on: the given files (or stdin), else each of the recipe's train_sources, each up to `budget` bytes."""
-    if inputs or not sys.stdin.isatty() and not recipe.tokenizer.get("train_sources"):
-        groups = [read_records([p], policy, require_text=True) for p in input_paths(inputs)]
+    """Texts to train on: the given files ('-' for stdin), else the recipe's train_sources; each up to `budget` bytes."""
+    if inputs:
+        groups = [read_records([p], policy, require_text=True) for p in inputs]
     else:
         names = recipe.tokenizer.get("train_sources") or list(recipe.sources)
         groups = [_source_docs(recipe.sources[name], policy) for name in names]
