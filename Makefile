@@ -34,6 +34,7 @@ test-all: install
 all: install
 	$(GRANITE) recipe show $(RECIPE)
 	$(GRANITE) tokenize train --recipe $(RECIPE)
+	$(GRANITE) mix --heldout --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --overwrite
 	for phase in 1 2 3 4; do \
 	  $(GRANITE) mix --phase $$phase --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $$phase --overwrite || exit 1; \
 	done

@@ -95,6 +95,7 @@ class Recipe:
     run_dir: Path
     bytes_per_token: float
     mix_tolerance: float
+    heldout_fraction: float
     tokenizer: dict
     sources: dict[str, Source]
     phases: dict[int, Phase]
@@ -246,6 +247,7 @@ def load_recipe(name_or_path: str | None = None, run_dir: str | None = None) -> 
         run_dir=Path(run_dir or raw.get("run_dir") or f"runs/{name}"),
         bytes_per_token=float(raw.get("bytes_per_token", 4.0)),
         mix_tolerance=float(raw.get("mix_tolerance", 0.5)),
+        heldout_fraction=float(raw.get("heldout_fraction", 0.0)),
         tokenizer=raw.get("tokenizer", {}),
         sources=sources,
         phases=phases,

@@ -6,6 +6,7 @@ bounded whatever the size of a source.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterator
 
 from granite_cli.errors import BadInput
@@ -65,3 +66,23 @@ def _read_hf(name: str, source: Source) -> Iterator[dict]:
         row = dict(row)
         row["text"] = row.pop(source.text_field)
         yield row
+
+
+def is_heldout(doc: dict, source: Source, fraction: float) -> bool:
+    """Whether a document belongs to the held-out split: a stable hash of (source, id) under `fraction`.
+
+    The split depends on nothing but the document, so it is the same in every phase and every run,
+    and held-out documents never reach training.
+    """
+    if fraction <= 0:
+        return False
+    key = f"{source.name}\x00{doc.get('id') or doc['text']}".encode()
+    bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+    return bucket < fraction * 2**64
+
+
+def read_split(unit: str, source: Source, policy: ErrorPolicy, fraction: float, heldout: bool) -> Iterator[dict]:
+    """The documents of one unit in the training split (heldout=False) or the held-out split."""
+    for doc in read_unit(unit, source, policy):
+        if is_heldout(doc, source, fraction) == heldout:
+            yield doc

@@ -35,7 +35,7 @@ from granite_cli.console import console, progress
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Recipe, Source, format_count, load_recipe
 from granite_cli.records import ErrorPolicy, atomic_path, dumps, record_writer
-from granite_cli.sources import read_unit, source_units
+from granite_cli.sources import read_split, source_units
 
 SHUFFLE_BUFFER = 1024
 PROGRESS_EVERY = 1024  # documents between progress-bar updates (a per-document update costs ~10% of the run)
@@ -44,7 +44,8 @@ RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 
 
 def mix_command(
-    phase: int = typer.Option(..., "--phase", "-p", help="Recipe phase to mix (1-5)."),
+    phase: Optional[int] = typer.Option(None, "--phase", "-p", help="Recipe phase to mix (1-5). With --heldout and no "
+                                                                     "--phase: the sources of every phase."),
     recipe: Optional[str] = cli.RecipeOption,
     run_dir: Optional[str] = cli.RunDirOption,
     seed: int = cli.SeedOption,
@@ -57,6 +58,9 @@ def mix_command(
                                   "Default: estimate from UTF-8 bytes / the recipe's bytes_per_token."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Override the phase's token budget (e.g. 500K, 2T)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (targets, files) without reading any data."),
+    heldout: bool = typer.Option(
+        False, "--heldout", help="Emit the held-out split instead: every document of the phase's sources that the "
+                                 "recipe's heldout_fraction sets aside (never part of any training mix), once each."),
     shard_index: Optional[int] = cli.ShardIndexOption,
     num_shards: Optional[int] = cli.NumShardsOption,
     on_error: str = cli.OnErrorOption,
@@ -67,6 +71,10 @@ def mix_command(
     Example: granite mix --phase 2 | granite tokenize
     """
     loaded = load_recipe(recipe, run_dir)
+    if phase is None and not heldout:
+        raise BadInput("--phase is required (which recipe phase to mix)")
+    if heldout:
+        return write_heldout(loaded, phase, seed, output, on_error)
     budget = _budget(loaded, phase, tokens)
     targets = {name: budget * share / 100 for name, share in loaded.mixture(phase).items()}
     sources = {name: _declared(loaded, name) for name in targets}
@@ -76,10 +84,12 @@ def mix_command(
     index, count = cli.array_position(shard_index, num_shards)
     policy = ErrorPolicy(on_error)
     counter = token_counter(loaded, tokenizer)
-    available = {name: available_tokens(src, counter, policy, loaded.run_dir) for name, src in sources.items()}
+    fraction = loaded.heldout_fraction
+    available = {name: available_tokens(src, counter, policy, loaded.run_dir, fraction) for name, src in sources.items()}
     check_supply(sources, targets, available)
     slack = budget * loaded.mix_tolerance / 100 / 2
-    cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter, slack) for name in targets]
+    cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter, slack, fraction=fraction)
+               for name in targets]
     stream = interleave(cursors)
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
@@ -99,6 +109,31 @@ def mix_command(
     if target_path not in (None, "-") and Path(output).suffix not in (".jsonl", ".zst", ".gz"):
         with atomic_path(Path(output) / f"mix-{index:05d}-of-{count:05d}.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
+
+
+def write_heldout(recipe: Recipe, phase: Optional[int], seed: int, output: Optional[str], on_error: str) -> None:
+    """Write the held-out split: every set-aside document of the phase's (or every phase's) sources, once."""
+    if recipe.heldout_fraction <= 0:
+        raise BadInput(f"recipe {recipe.name!r} sets no heldout_fraction, so it has no held-out split", str(recipe.path))
+    phases = [phase] if phase is not None else sorted(recipe.phases)
+    names = sorted({name for number in phases for name in recipe.mixture(number)})
+    policy = ErrorPolicy(on_error)
+    counter = token_counter(recipe, None)
+    cursors = [SourceCursor(_declared(recipe, name), 0.0, seed, policy, counter, heldout=True,
+                            fraction=recipe.heldout_fraction) for name in names]
+    with record_writer(_output_path(output, 0, 1)) as sink:
+        for cursor in cursors:
+            for cursor.epoch, doc in cursor.documents:
+                cursor.emitted_tokens += counter.count(doc["text"])
+                cursor.emitted_docs += 1
+                sink.write(dumps(output_document(doc, cursor, "heldout")))
+    policy.report()
+    table = Table(title=f"held-out split: {recipe.name} ({100 * recipe.heldout_fraction:g}% of documents)", title_justify="left")
+    for column in ("source", "tokens", "documents"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for cursor in cursors:
+        table.add_row(cursor.source.name, format_count(cursor.emitted_tokens), str(cursor.emitted_docs))
+    console.print(table)
 
 
 # ------------------------------------------------------------------ planning
@@ -135,17 +170,17 @@ class TokenCounter:
     count: Callable[[str], int]
 
 
-def available_tokens(source: Source, counter: TokenCounter, policy: ErrorPolicy, run_dir: Path) -> int:
-    """Tokens one pass over the source holds; cached per file (path, size, mtime, counting method)."""
+def available_tokens(source: Source, counter: TokenCounter, policy: ErrorPolicy, run_dir: Path, fraction: float) -> int:
+    """Tokens one pass over the source's training split holds; cached per file (path, size, mtime, method, split)."""
     cache_path = run_dir / ".cache" / "source-tokens.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     total, changed = 0, False
     for unit in source_units(source):
         stat = os.stat(unit) if os.path.exists(unit) else None
         key = hashlib.sha256(f"{unit}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
-                             f"{source.text_field}".encode()).hexdigest()
+                             f"{source.text_field}|{fraction}".encode()).hexdigest()
         if key not in cache or stat is None:
-            cache[key] = sum(counter.count(doc["text"]) for doc in read_unit(unit, source, policy))
+            cache[key] = sum(counter.count(doc["text"]) for doc in read_split(unit, source, policy, fraction, False))
             changed = True
         total += cache[key]
     if changed:
@@ -178,6 +213,8 @@ class SourceCursor:
     policy: ErrorPolicy
     counter: TokenCounter
     slack: float = 0.0
+    heldout: bool = False
+    fraction: float = 0.0
     emitted_tokens: int = 0
     emitted_docs: int = 0
     written: int = 0
@@ -189,11 +226,13 @@ class SourceCursor:
         self.documents = self._epochs()
 
     def _epochs(self) -> Iterator[tuple[int, dict]]:
-        for epoch in range(math.ceil(self.source.max_repetition)):
+        epochs = 1 if self.heldout else math.ceil(self.source.max_repetition)
+        for epoch in range(epochs):
             rng = random.Random(f"{self.seed}/{self.source.name}/{epoch}")
             units = source_units(self.source)
             rng.shuffle(units)
-            docs = itertools.chain.from_iterable(read_unit(u, self.source, self.policy) for u in units)
+            docs = itertools.chain.from_iterable(read_split(u, self.source, self.policy, self.fraction, self.heldout)
+                                                 for u in units)
             for doc in shuffle_buffer(docs, rng, SHUFFLE_BUFFER):
                 yield epoch, doc
 

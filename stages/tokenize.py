@@ -50,7 +50,7 @@ PROGRESS_FILE = "progress.json"
 def tokenize_command(
     inputs: Optional[list[str]] = typer.Argument(None, help="JSONL document files (.jsonl, .zst, .gz); '-' or none: stdin."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Local HF tokenizer directory. Default: <run-dir>/tokenizer."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Shard directory to write. Default: <run-dir>/shards/phase-N."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Shard directory to write. Default: <run-dir>/shards/phase-N (shards/heldout for the held-out split)."),
     phase: Optional[int] = typer.Option(None, "--phase", "-p", help="Phase N for the default output; else taken from the documents' `phase` (set by granite mix)."),
     recipe: Optional[str] = cli.RecipeOption,
     run_dir: Optional[str] = cli.RunDirOption,
@@ -86,6 +86,8 @@ def tokenize_command(
 
 def _phase_dir(phase: Optional[int], first: dict) -> str:
     phase = phase if phase is not None else first.get("phase")
+    if phase == "heldout":
+        return "heldout"
     if not isinstance(phase, int):
         raise BadInput("no output directory: give -o DIR, or --phase N to write <run-dir>/shards/phase-N")
     return f"phase-{phase}"

@@ -99,3 +99,40 @@ def test_closed_pipe_ends_quietly(phase4):
     assert proc.returncode == 0
     assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr
     assert len(proc.stdout.splitlines()) == 1
+
+
+def test_parquet_and_local_hf_dataset_sources(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"doc_id": f"d{i}", "content": f"document number {i} " * 20} for i in range(200)]
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pq" / "part-0.parquet")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'''bytes_per_token = 4.0
+[sources.local]
+paths = ["pq/*.parquet"]
+text_field = "content"
+[sources.cached]
+hf = "{tmp_path / 'pq'}"
+text_field = "content"
+[[phases]]
+number = 1
+tokens = "20K"
+[phases.mixture]
+local = 50
+cached = 50
+''')
+    result = mix("--phase", "1", "--recipe", recipe, "--run-dir", tmp_path / "run")
+    docs = records(result.stdout)
+    assert {d["source"] for d in docs} == {"local", "cached"}
+    assert all(d["text"].startswith("document number") and "content" not in d for d in docs)
+
+
+def test_heldout_split_is_disjoint_from_every_training_mix(phase4, tmp_path):
+    _, run = phase4
+    heldout = {(d["source"], d["id"]) for d in records(mix("--heldout", "--run-dir", run).stdout)}
+    assert heldout and all(d["phase"] == "heldout" for d in records(mix("--heldout", "--phase", "4", "--run-dir", run).stdout))
+    for phase in ("1", "4"):
+        training = {(d["source"], d["id"]) for d in records(mix("--phase", phase, "--run-dir", run).stdout)}
+        assert not heldout & training
