@@ -14,7 +14,8 @@ import typer
 
 from granite_cli import recipe_cmd
 from granite_cli.errors import GraniteError
-from stages import mix, tokenize
+from granite_cli import info_cmd
+from stages import mix, pretrain, tokenize
 
 app = typer.Typer(
     name="granite",
@@ -27,6 +28,8 @@ app = typer.Typer(
 app.add_typer(recipe_cmd.app, name="recipe")
 app.command("mix")(mix.mix_command)
 app.add_typer(tokenize.app, name="tokenize")
+app.command("pretrain")(pretrain.pretrain_command)
+app.command("info")(info_cmd.info_command)
 
 
 def main() -> None:

@@ -1,0 +1,126 @@
+"""One process or many: the same training code runs alone, under torchrun with DDP, or with FSDP2.
+
+`setup()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); without it the run is a
+single process. `wrap()` applies DDP or FSDP2 (`fully_shard` per decoder layer, then the root).
+State dicts are always gathered full on every rank (torch.distributed.checkpoint.state_dict), so a
+checkpoint is a plain Hugging Face directory whatever the parallelism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+from granite_cli.errors import BadInput
+
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: object
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup(device_name: str = "auto") -> Dist:
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{local_rank}" if device_name == "cuda" else device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, device)
+
+
+def teardown(dist: Dist) -> None:
+    import torch
+
+    if dist.active and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def wrap(model, dist: Dist, mode: str):
+    """Wrap for data parallelism; a single process gets the model back unchanged."""
+    if mode not in PARALLEL_MODES:
+        raise BadInput(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
+    if not dist.active and mode == "ddp":
+        return model
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+
+def no_sync(model, sync: bool):
+    """Skip the gradient all-reduce on accumulation micro-steps (DDP and FSDP2 each have their way)."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def full_model_state(model) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_model_state(model, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def all_reduce_sum(tensor, dist: Dist):
+    import torch
+
+    if dist.active:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor

@@ -1,0 +1,95 @@
+"""Checkpoints (DESIGN.md contract 5): a Hugging Face model directory plus trainer state and lineage.
+
+    CKPT/config.json, model.safetensors, generation_config.json   -> AutoModelForCausalLM
+    CKPT/tokenizer.json, tokenizer_config.json, chat_template.jinja -> AutoTokenizer
+    CKPT/trainer_state.pt   optimizer state, step, tokens, RNG states: what exact resume needs
+    CKPT/lineage.json       every stage that produced this model: arguments, inputs, final metrics
+
+Files are written into a temporary sibling directory that is renamed into place at the end, so a
+directory under a checkpoint's name is always complete. `lineage.json` is read by `granite info`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from granite_cli.errors import BadInput
+
+TRAINER_STATE = "trainer_state.pt"
+LINEAGE = "lineage.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").exists() and (path / LINEAGE).exists()
+
+
+def save_checkpoint(directory: Path, model_state: dict, config, tokenizer_dir: Path, lineage: list[dict],
+                    trainer_state: dict | None = None) -> None:
+    """Write a complete checkpoint atomically (temporary sibling, then rename)."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # tied embeddings: store the shared tensor once, as transformers does
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()
+               if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(tmp))
+    _generation_config(config).save_pretrained(str(tmp))
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).exists():
+            shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+    (tmp / LINEAGE).write_text(json.dumps(lineage, indent=2))
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
+
+
+def _generation_config(config):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                            pad_token_id=config.pad_token_id)
+
+
+def load_model(directory: Path, dtype=None):
+    """The model of a checkpoint (ours or any local HF causal LM directory)."""
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise BadInput("not a model checkpoint (no config.json)", str(directory))
+    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
+
+
+def read_lineage(directory: Path) -> list[dict]:
+    path = Path(directory) / LINEAGE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def lineage_entry(stage: str, arguments: dict, inputs: list[dict], metrics: dict) -> dict:
+    return {"stage": stage, "arguments": arguments, "inputs": inputs, "metrics": metrics,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def load_trainer_state(directory: Path) -> dict:
+    import torch
+
+    path = Path(directory) / TRAINER_STATE
+    if not path.exists():
+        raise BadInput("checkpoint has no trainer state to resume from", str(directory))
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,143 @@
+"""granite pretrain: loss falls, resume is exact, data parallel matches one process, checkpoints load in plain transformers."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, granite
+from test_tokenize import sample_documents, write_jsonl
+
+FAST = ["--preset", "depth-2", "--seq-len", "64", "--batch-tokens", "1024", "--micro-batch", "8", "--peak-tflops", "1",
+        "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tokenizer_dir, tmp_path_factory):
+    """A run directory with a tokenizer, phase-1 shards and held-out shards, as `make all` lays it out."""
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    shutil.copytree(tokenizer_dir, run / "tokenizer")
+    docs = sample_documents(per_source=12, seed=1)
+    granite("tokenize", write_jsonl(run.parent / "train.jsonl", docs[::2]), "--run-dir", run, "--phase", "1", check=True)
+    granite("tokenize", write_jsonl(run.parent / "val.jsonl", docs[1::2][:20]), "--run-dir", run, "-o",
+            run / "shards" / "heldout", check=True)
+    return run
+
+
+def metrics(checkpoint):
+    return [json.loads(line) for line in (checkpoint / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(checkpoint):
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def test_loss_falls_and_the_checkpoint_is_complete(run_dir):
+    out = run_dir / "checkpoints" / "loss"
+    granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "30", *FAST, check=True)
+    losses = [m["loss"] for m in metrics(out) if "loss" in m]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
+    final = metrics(out)[-1]
+    assert final["val_loss"] > 0 and 0 < final["val_bpb"] < 10
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage[-1]["stage"] == "pretrain" and lineage[-1]["metrics"]["steps"] == 30
+    assert not (run_dir / "checkpoints" / ".loss.partial").exists()
+    info = granite("info", out, check=True).stderr.decode()
+    assert "pretrain" in info and "GraniteForCausalLM" in info
+
+
+def test_checkpoint_loads_in_plain_transformers_with_the_same_logits(run_dir):
+    out = run_dir / "checkpoints" / "loss"
+    if not out.exists():
+        granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "3", *FAST, check=True)
+    ids = [[5, 17, 300, 42, 9, 1000]]
+    script = ("import json,sys,torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+              f"m=AutoModelForCausalLM.from_pretrained({str(out)!r}); AutoTokenizer.from_pretrained({str(out)!r})\n"
+              f"print(json.dumps(m(torch.tensor({ids})).logits.tolist()))")
+    plain = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, cwd="/", check=True,
+                           env={"HF_HUB_OFFLINE": "1", "PATH": os.environ["PATH"]})
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    config = GraniteConfig.from_pretrained(str(out))
+    ours = GraniteForCausalLM(config)
+    state = weights(out)
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    ours.load_state_dict(state)
+    expected = ours(torch.tensor(ids)).logits
+    assert torch.allclose(torch.tensor(json.loads(plain.stdout)), expected, atol=1e-5)
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(run_dir):
+    steps = ["--steps", "24", "--checkpoint-every", "4", "--eval-every", "8"]
+    straight = run_dir / "checkpoints" / "straight"
+    granite("pretrain", "--run-dir", run_dir, "-o", straight, *steps, *FAST, check=True)
+
+    resumed = run_dir / "checkpoints" / "resumed"
+    workdir = run_dir / "checkpoints" / ".resumed.partial" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "granite_cli", "pretrain", "--run-dir", str(run_dir), "-o", str(resumed),
+                             *steps, *FAST], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not resumed.exists()
+    again = granite("pretrain", "--run-dir", run_dir, "-o", resumed, *steps, *FAST)
+    assert again.returncode == 2 and "--resume" in again.stderr.decode()
+    granite("pretrain", "--run-dir", run_dir, "-o", resumed, *steps, *FAST, "--resume", check=True)
+
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    curve = lambda path: [{k: v for k, v in m.items() if k not in ("tokens_per_second", "mfu")} for m in metrics(path)]
+    assert curve(straight) == curve(resumed)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(run_dir, parallel):
+    single = run_dir / "checkpoints" / "single"
+    if not single.exists():
+        granite("pretrain", "--run-dir", run_dir, "-o", single, "--steps", "6", *FAST, check=True)
+    double = run_dir / "checkpoints" / f"double-{parallel}"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                             str(29500 + (parallel == "fsdp")), "-m", "granite_cli", "pretrain", "--run-dir",
+                             str(run_dir), "-o", str(double), "--steps", "6", "--parallel", parallel, *FAST],
+                            capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    a, b = weights(single), weights(double)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=2e-5, rtol=1e-4), name
+    losses = lambda path: [m["loss"] for m in metrics(path) if "loss" in m]
+    assert losses(single) == pytest.approx(losses(double), rel=1e-4)
+
+
+def test_shards_from_another_tokenizer_are_refused(run_dir, tmp_path):
+    other = tmp_path / "tok"
+    granite("tokenize", "train", "--vocab-size", "400", "--max-bytes", "30K", "-o", other, "--run-dir", tmp_path, check=True)
+    docs = write_jsonl(tmp_path / "d.jsonl", sample_documents(per_source=1))
+    granite("tokenize", docs, "-t", other, "-o", tmp_path / "shards", check=True)
+    result = granite("pretrain", tmp_path / "shards", "--run-dir", run_dir, "-o", tmp_path / "ckpt", *FAST)
+    assert result.returncode == 2 and "another tokenizer" in result.stderr.decode()
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seq-len", "200000"], "max_position_embeddings"),
+    (["--batch-tokens", "1088", "--micro-batch", "3"], "must be a multiple of micro batch"),
+    (["--batch-tokens", "100M"], "fewer than one batch"),
+])
+def test_bad_settings_are_bad_usage(run_dir, tmp_path, flags, message):
+    result = granite("pretrain", "--run-dir", run_dir, "-o", tmp_path / "ckpt", *FAST, *flags)
+    assert result.returncode == 2 and message in result.stderr.decode()
+
+
+def test_a_later_phase_needs_the_previous_one(run_dir, tmp_path):
+    result = granite("pretrain", "--phase", "3", "--run-dir", tmp_path, *FAST)
+    assert result.returncode == 2 and "train phase 2 first" in result.stderr.decode()
