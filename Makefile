@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-all all bench clean mix tokenizer shards
+.PHONY: install test test-all all bench clean
 
 install: $(VENV)/.installed
 
@@ -34,15 +34,21 @@ test-all: install
 all: install
 	$(GRANITE) recipe show $(RECIPE)
 	$(GRANITE) tokenize train --recipe $(RECIPE)
-	$(GRANITE) mix --heldout --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --overwrite
+	# the fixed validation set: held-out documents of the phase-4 (high-quality) sources the phases anneal towards
+	$(GRANITE) mix --heldout --phase 4 --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --overwrite
 	for phase in 1 2 3 4; do \
 	  $(GRANITE) mix --phase $$phase --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $$phase --overwrite || exit 1; \
+	  $(GRANITE) pretrain --phase $$phase --recipe $(RECIPE) --overwrite || exit 1; \
 	done
+	$(GRANITE) info runs/$(RECIPE)/checkpoints/pretrain-phase-4
 
 bench: install
+	test -f runs/tiny/shards/phase-1/manifest.json || { $(GRANITE) tokenize train --recipe tiny && \
+	  $(GRANITE) mix --phase 1 --recipe tiny | $(GRANITE) tokenize --recipe tiny --phase 1; }
 	$(PY) benchmarks/bench_tokenize.py
 	$(PY) benchmarks/bench_mix.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_pretrain.py
 
 clean:
 	rm -rf runs .pytest_cache

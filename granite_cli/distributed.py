@@ -44,7 +44,8 @@ def setup(device_name: str = "auto") -> Dist:
     device = torch.device(f"cuda:{local_rank}" if device_name == "cuda" else device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
+    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun, even with one rank (FSDP2 needs a group)
+    if launched and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local_rank, device)
 
@@ -52,7 +53,7 @@ def setup(device_name: str = "auto") -> Dist:
 def teardown(dist: Dist) -> None:
     import torch
 
-    if dist.active and torch.distributed.is_initialized():
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
@@ -63,8 +64,11 @@ def wrap(model, dist: Dist, mode: str):
     if not dist.active and mode == "ddp":
         return model
     if mode == "fsdp":
+        import torch
         from torch.distributed.fsdp import fully_shard
 
+        if not torch.distributed.is_initialized():
+            raise BadInput("--parallel fsdp needs a process group: launch with torchrun (--nproc-per-node 1 for one GPU)")
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)

@@ -174,10 +174,15 @@ def token_byte_lengths(tok):
 
 
 def open_shards(directories: list[Path], tokenizer_sha: str):
-    from granite_cli.shards import ShardSet
+    """Open shard directories; a directory of shard directories (one per job-array worker) counts as all of them."""
+    from granite_cli.shards import MANIFEST, ShardSet
 
-    sets = []
+    expanded = []
     for directory in directories:
+        parts = sorted(p for p in directory.iterdir() if (p / MANIFEST).exists()) if directory.is_dir() else []
+        expanded.extend(parts if parts and not (directory / MANIFEST).exists() else [directory])
+    sets = []
+    for directory in expanded:
         shard_set = ShardSet(directory)
         made_with = shard_set.manifest["tokenizer"]["sha256"]
         if made_with != tokenizer_sha:

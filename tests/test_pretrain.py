@@ -141,3 +141,14 @@ def test_bad_settings_are_bad_usage(run_dir, tmp_path, flags, message):
 def test_a_later_phase_needs_the_previous_one(run_dir, tmp_path):
     result = granite("pretrain", "--phase", "3", "--run-dir", tmp_path, *FAST)
     assert result.returncode == 2 and "train phase 2 first" in result.stderr.decode()
+
+
+def test_a_directory_of_job_array_parts_counts_as_all_of_them(run_dir, tmp_path):
+    from stages.pretrain import load_tokenizer_checked, open_shards
+
+    parts = tmp_path / "phase-1"
+    for index in range(2):
+        docs = write_jsonl(tmp_path / f"d{index}.jsonl", sample_documents(per_source=1, seed=index))
+        granite("tokenize", docs, "-t", run_dir / "tokenizer", "-o", parts / f"part-{index}", check=True)
+    sets = open_shards([parts], load_tokenizer_checked(run_dir / "tokenizer")["sha256"])
+    assert [s.directory.name for s in sets] == ["part-0", "part-1"]

@@ -1,0 +1,128 @@
+"""Pre-training throughput: granite's trainer against the Hugging Face `Trainer`, and CPU MFU per preset.
+
+Same model (a preset built from its config), same token windows, same global batch and micro
+batch, fp32 on this machine's CPU, in one run. Each figure is the median seconds per optimizer
+step after two warm-up steps; tokens/s = global batch tokens / that median. MFU divides achieved
+model FLOP/s (granite_cli/flops.py) by this machine's measured fp32 matmul peak.
+
+    python benchmarks/bench_pretrain.py [--preset tiny-2m] [--steps 8] [--mfu-presets small-10m,base-50m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import REPO, save, tokenizer  # noqa: E402
+
+SEQ, GLOBAL, MICRO = 256, 32, 16
+
+
+def windows_source(seq: int, batch: int):
+    """Token windows over the tiny recipe's phase-1 shards (made by `make all`)."""
+    from granite_cli.shards import ShardSet
+    from stages.pretrain import TokenWindows
+
+    shards = REPO / "runs" / "tiny" / "shards" / "phase-1"
+    if not (shards / "manifest.json").exists():
+        raise SystemExit(f"{shards} is missing: run `make all` (or mix and tokenize phase 1) first")
+    return TokenWindows([ShardSet(shards)], seq, seed=0, batch_size=batch)
+
+
+def granite_seconds_per_step(preset: str, steps: int, vocab: int) -> tuple[float, object]:
+    import torch
+    from transformers import GraniteForCausalLM
+
+    from granite_cli import distributed
+    from granite_cli.schedules import build_schedule
+    from granite_cli.trainer import Trainer, TrainSettings
+    from model.presets import build_config
+
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(build_config(preset, vocab_size=vocab))
+    settings = TrainSettings(steps=steps, global_batch=GLOBAL, micro_batch=MICRO, seq_len=SEQ,
+                             schedule=build_schedule({"name": "constant"}, 1e-3, total=1))
+    dist = distributed.Dist(0, 1, 0, torch.device("cpu"))
+    trainer = Trainer(model, settings, windows_source(SEQ, GLOBAL), dist, Path("/tmp"), save=lambda *a: None)
+    times = []
+    for _ in range(steps + 2):
+        start = time.perf_counter()
+        trainer.train_step()
+        trainer.step += 1
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:]), model.config
+
+
+def hf_trainer_seconds_per_step(preset: str, steps: int, vocab: int) -> float:
+    import torch
+    from transformers import GraniteForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from model.presets import build_config
+
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(build_config(preset, vocab_size=vocab))
+    source = windows_source(SEQ, 1)
+
+    class Windows(torch.utils.data.Dataset):
+        def __len__(self):
+            return GLOBAL * (steps + 2)
+
+        def __getitem__(self, i):
+            row = source.rows([i % source.count])
+            # HF shifts labels itself: give it the full window as both inputs and labels
+            window = torch.cat([row["input_ids"][0], row["labels"][0, -1:]])
+            return {"input_ids": window, "labels": window}
+
+    times = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    args = TrainingArguments(output_dir="/tmp/hf-bench", per_device_train_batch_size=MICRO,
+                             gradient_accumulation_steps=GLOBAL // MICRO, max_steps=steps + 2, learning_rate=1e-3,
+                             lr_scheduler_type="constant", optim="adamw_torch", logging_strategy="no", save_strategy="no",
+                             report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, max_grad_norm=1.0)
+    Trainer(model=model, args=args, train_dataset=Windows(), callbacks=[Clock()]).train()
+    return statistics.median(times[2:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny-2m")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--mfu-presets", default="small-10m,base-50m")
+    args = parser.parse_args()
+    import torch
+
+    from granite_cli.flops import flops_per_token, measure_peak_flops
+    from granite_cli.tokenizer_io import load_tokenizer
+
+    vocab = len(load_tokenizer(str(tokenizer())))
+    tokens_per_step = GLOBAL * SEQ
+    ours, config = granite_seconds_per_step(args.preset, args.steps, vocab)
+    theirs = hf_trainer_seconds_per_step(args.preset, args.steps, vocab)
+    peak = measure_peak_flops(torch.device("cpu"), torch.float32, seconds=2.0)
+    mfu = {}
+    for preset in [args.preset, *filter(None, args.mfu_presets.split(","))]:
+        seconds, preset_config = (ours, config) if preset == args.preset else granite_seconds_per_step(preset, 4, vocab)
+        rate = tokens_per_step / seconds
+        mfu[preset] = {"tokens_per_second": rate, "mfu": rate * flops_per_token(preset_config, SEQ) / peak}
+    save("pretrain", {
+        "preset": args.preset, "seq_len": SEQ, "global_batch": GLOBAL, "micro_batch": MICRO, "precision": "fp32",
+        "median_seconds_per_step": {"granite": ours, "hf_trainer": theirs},
+        "tokens_per_second": {"granite": tokens_per_step / ours, "hf_trainer": tokens_per_step / theirs},
+        "ratio_granite_vs_hf_trainer": theirs / ours, "goal": ">= 1.3",
+        "cpu_peak_fp32_tflops": peak / 1e12, "cpu_mfu": mfu,
+    })
+
+
+if __name__ == "__main__":
+    main()
