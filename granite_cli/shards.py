@@ -157,6 +157,17 @@ class ShardSet:
         start = int(ends[number - 1]) if number else 0
         return np.asarray(self.tokens(shard)[start:int(ends[number])])
 
+    def check_sizes(self) -> None:
+        """A cheap structural check before training: every file exists with the size the manifest implies."""
+        for entry in self.shards:
+            tokens, index = self.directory / entry["tokens_file"], self.directory / entry["index_file"]
+            if not tokens.exists() or not index.exists():
+                raise BadInput(f"{entry['tokens_file']} or {entry['index_file']} is missing", str(self.directory))
+            if tokens.stat().st_size != entry["tokens"] * self.dtype.itemsize or \
+                    index.stat().st_size != entry["documents"] * np.dtype(INDEX_DTYPE).itemsize:
+                raise BadInput(f"{entry['tokens_file']}: size does not match the manifest (truncated or corrupt?); "
+                               f"`granite tokenize inspect` checks it in full", str(self.directory))
+
     def verify(self) -> list[str]:
         """Every mismatch between the files and the manifest (checksums, counts, index bounds)."""
         problems = []

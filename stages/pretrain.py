@@ -191,6 +191,7 @@ def open_shards(directories: list[Path], tokenizer_sha: str):
                            str(directory))
         if shard_set.manifest["tokens"] == 0:
             raise BadInput("the shard directory holds no tokens", str(directory))
+        shard_set.check_sizes()
         sets.append(shard_set)
     return sets
 

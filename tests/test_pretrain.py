@@ -128,6 +128,15 @@ def test_shards_from_another_tokenizer_are_refused(run_dir, tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_truncated_shard_is_refused(run_dir, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(run_dir / "shards" / "phase-1", shards)
+    tokens = shards / "shard-00000.tokens"
+    tokens.write_bytes(tokens.read_bytes()[:-10])
+    result = granite("pretrain", shards, "--run-dir", run_dir, "-o", tmp_path / "ckpt", *FAST)
+    assert result.returncode == 2 and "does not match the manifest" in result.stderr.decode()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--seq-len", "200000"], "max_position_embeddings"),
     (["--batch-tokens", "1088", "--micro-batch", "3"], "must be a multiple of micro batch"),
