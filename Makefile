@@ -5,6 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 GRANITE := $(VENV)/bin/granite
 RECIPE ?= tiny
+# Tasks and items per task for the evaluation after each stage (a 2-core CPU does 50 items a task in under a minute).
+EVAL_TASKS ?= heldout,humaneval,ruler
+EVAL_LIMIT ?= 50
 # torch is pinned only for the first install where it is missing: on a CPU-only machine this is
 # the small CPU wheel; a user who already has torch (a CUDA build on a cluster) keeps theirs.
 TORCH_SPEC ?= torch==2.13.0
@@ -45,8 +48,11 @@ all: install eval-data
 	for phase in 1 2 3 4; do \
 	  $(GRANITE) mix --phase $$phase --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $$phase --overwrite || exit 1; \
 	  $(GRANITE) pretrain --phase $$phase --recipe $(RECIPE) --overwrite || exit 1; \
+	  $(GRANITE) eval runs/$(RECIPE)/checkpoints/pretrain-phase-$$phase --recipe $(RECIPE) \
+	    --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64 || exit 1; \
 	done
 	$(GRANITE) info runs/$(RECIPE)/checkpoints/pretrain-phase-4
+	$(GRANITE) eval table --recipe $(RECIPE)
 
 bench: install
 	test -f runs/tiny/shards/phase-1/manifest.json || { $(GRANITE) tokenize train --recipe tiny && \

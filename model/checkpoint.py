@@ -69,10 +69,12 @@ def _generation_config(config):
 def load_model(directory: Path, dtype=None):
     """The model of a checkpoint (ours or any local HF causal LM directory)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise BadInput("not a model checkpoint (no config.json)", str(directory))
+    logging.disable_progress_bar()  # our progress goes through rich; a second bar only clutters stderr
     return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
 
 

@@ -47,7 +47,7 @@ def eval_command(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N items of each task."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Prompts per generation batch (local model) or concurrent requests (endpoint)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generation batch (local model) or concurrent requests (endpoint)."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Override each task's few-shot count."),
     chat_template: str = typer.Option("auto", "--chat-template", help="on, off, or auto: on for chat-native tasks and for checkpoints past SFT."),
     samples: int = typer.Option(1, "--samples", help="Samples per code problem: pass@k is reported for k <= N."),
@@ -226,7 +226,15 @@ def summarize(spec: TaskSpec, rows: list[dict]) -> dict:
     main = TASK_MAIN_METRIC.get(spec.name, MAIN_METRIC[spec.kind])
     means = {name: sum(v) / len(v) for name, v in metrics.items()}
     return {"main_metric": main, "value": means.get(main, 0.0), "metrics": means, "n": len(rows),
-            "subtasks": {name: {m: sum(v) / len(v) for m, v in values.items()} for name, values in sorted(by_subtask.items())}}
+            "subtasks": {name: {m: sum(v) / len(v) for m, v in values.items()}
+                         for name, values in sorted(by_subtask.items(), key=lambda kv: natural_key(kv[0]))}}
+
+
+def natural_key(text: str) -> list:
+    """'len 256' before 'len 1024': digits compare as numbers."""
+    import re
+
+    return [float(part) if part.replace(".", "", 1).isdigit() else part for part in re.split(r"(\d+(?:\.\d+)?)", text)]
 
 
 # ------------------------------------------------------------------ output
