@@ -50,6 +50,14 @@ def setup(device_name: str = "auto") -> Dist:
     return Dist(rank, world, local_rank, device)
 
 
+def barrier(dist: Dist) -> None:
+    """Wait for every rank: call it on the way out, so no rank tears down the group while another still uses it."""
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def teardown(dist: Dist) -> None:
     import torch
 

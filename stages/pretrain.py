@@ -113,6 +113,7 @@ def pretrain_command(
             "phase": phase, "recipe": loaded.name, "steps": n_steps, "seq_len": seq, "global_batch": global_batch,
             "seed": seed, "schedule": settings.schedule.__class__.__name__, "command": sys.argv,
         }, shard_dirs, tokenizer_dir, summary)
+        distributed.barrier(dist)  # rank 0 writes the checkpoint while the others wait for it
     finally:
         distributed.teardown(dist)
 
