@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 GRANITE := $(VENV)/bin/granite
 RECIPE ?= tiny
 # Tasks and items per task for the evaluation after each stage (a 2-core CPU does 50 items a task in under a minute).
-EVAL_TASKS ?= heldout,humaneval,ruler
+EVAL_TASKS ?= heldout_bpb,heldout,humaneval,ruler
 EVAL_LIMIT ?= 50
 # torch is pinned only for the first install where it is missing: on a CPU-only machine this is
 # the small CPU wheel; a user who already has torch (a CUDA build on a cluster) keeps theirs.

@@ -172,7 +172,8 @@ def rl_sets(train: dict[str, list], rng: random.Random) -> dict[str, list[dict]]
 
 
 def heldout_records(heldout: dict[str, list]) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": t["prompt"]}], "answer": t["answer"], "family": family,
+    return [{"messages": [{"role": "user", "content": t["prompt"]}], "answer": t["answer"],
+             "response": chat.answer_text(t), "family": family,
              "domain": t["domain"], "verifier": t["verifier"], "source": f"heldout/{family}"}
             for family, items in heldout.items() for t in items]
 

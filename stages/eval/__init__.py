@@ -35,14 +35,15 @@ from stages.eval.tasks import TaskSpec, code_score, get_task, ruler_items
 
 app = typer.Typer(cls=cli.DefaultCommandGroup, help="Evaluate a checkpoint (default) or print a table of evaluations (`table`).\n\n"
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
-MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1"}
+MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte"}
+NOT_PERCENT = {"bits_per_byte"}  # shown as is; every other metric is a rate shown in percent
 TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy"}
 
 
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
-    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, humaneval, heldout, ruler, local:PATH.jsonl."),
+    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, humaneval, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
@@ -114,9 +115,10 @@ def default_stage(checkpoint: Optional[str]) -> str:
 
 
 def use_chat(spec: TaskSpec, mode: str, label: str) -> bool:
+    """auto: the chat template for models past pre-training; base models get plain-text prompts."""
     if mode != "auto":
         return mode == "on"
-    return spec.messages is not None or not label.startswith("pretrain")
+    return not label.startswith("pretrain")
 
 
 # ------------------------------------------------------------------ items and prompts
@@ -140,10 +142,18 @@ def fewshot(spec: TaskSpec, data_dir: Path, override: Optional[int], seed: int) 
     return random.Random(seed).sample(pool, min(count, len(pool)))
 
 
+def plain_instruction(messages: list[dict]) -> str:
+    """A chat prompt as plain text for a base model, in the instruction format of the pre-training data."""
+    said = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
+    return f"### Instruction\n{said}\n### Response\n"
+
+
 def render(spec: TaskSpec, backend, item: dict, shots: list[dict], chat: bool) -> str:
     """The prompt text for one item: few-shot as plain text blocks, or as chat turns."""
     if spec.messages is not None:
-        return backend.chat_prompt(spec.messages(item), tools=item.get("tools"), documents=item.get("documents"))
+        if chat:
+            return backend.chat_prompt(spec.messages(item), tools=item.get("tools"), documents=item.get("documents"))
+        return plain_instruction(spec.messages(item))
     if chat:
         turns = []
         for shot in shots:
@@ -162,6 +172,8 @@ def evaluate(spec: TaskSpec, backend, items, shots, chat, samples, temperature, 
     prompts = [render(spec, backend, item, shots, chat) for item in items]
     if spec.kind == "choice":
         return score_choices(spec, backend, items, prompts)
+    if spec.kind == "likelihood":
+        return score_references(spec, backend, items, prompts)
     n = samples if spec.kind == "code" else 1
     temp = temperature if temperature or n == 1 else 0.8
     stop = () if (chat and spec.kind == "code") else spec.stop
@@ -205,6 +217,17 @@ def score_choices(spec: TaskSpec, backend, items, prompts) -> list[dict]:
         pick_norm = max(range(count), key=lambda j: logliks[j] / max(lengths[j], 1))
         rows.append(sample_row(spec, item, i, prompt, options[pick], {"acc": float(pick == gold), "acc_norm": float(pick_norm == gold)},
                                f"log-likelihoods {[round(x, 3) for x in logliks]}"))
+    return rows
+
+
+def score_references(spec: TaskSpec, backend, items, prompts) -> list[dict]:
+    """Bits per UTF-8 byte of each reference answer (its end-of-turn included via the model's EOS)."""
+    references = [spec.target(item) for item in items]
+    scores = backend.loglikelihood(list(zip(prompts, references)))
+    rows = []
+    for i, (item, prompt, reference, (loglik, greedy)) in enumerate(zip(items, prompts, references, scores)):
+        bits = -loglik / math.log(2) / max(len(reference.encode()), 1)
+        rows.append(sample_row(spec, item, i, prompt, reference, {"bits_per_byte": bits, "greedy_match": float(greedy)}, None))
     return rows
 
 
@@ -254,18 +277,23 @@ def results_table(results: dict, compare: Optional[str]) -> Table:
     for column in ("task", "metric", "ours", "n") + ((f"IBM {compare}",) if compare else ()):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for name, result in results.items():
-        row = [name, result["main_metric"], f"{100 * result['value']:.2f}", str(result["n"])]
+        row = [name, result["main_metric"], shown(result["main_metric"], result["value"]), str(result["n"])]
         if size:
             row.append(f"{PUBLISHED[name][1][size]:.2f}" if name in PUBLISHED else "-")
         table.add_row(*row)
         for subtask, values in result["subtasks"].items():
             if len(result["subtasks"]) > 1:
-                table.add_row(f"  {subtask}", "", f"{100 * values.get(result['main_metric'], 0):.2f}", "", *([""] if size else []))
+                table.add_row(f"  {subtask}", "", shown(result["main_metric"], values.get(result["main_metric"], 0)), "",
+                              *([""] if size else []))
     if size:
         for name, (label, numbers) in PUBLISHED.items():
             if name not in results:
                 table.add_row(f"[dim]{name}[/]", f"[dim]{label}[/]", "[dim]not run[/]", "", f"{numbers[size]:.2f}")
     return table
+
+
+def shown(metric: str, value: float) -> str:
+    return f"{value:.3f}" if metric in NOT_PERCENT else f"{100 * value:.2f}"
 
 
 @app.command("table")
@@ -283,11 +311,12 @@ def table_command(
         raise BadInput("no results.json found: run `granite eval` first")
     documents.sort(key=lambda d: d["created"])
     task_names = list(dict.fromkeys(name for d in documents for name in d["tasks"]))
-    table = Table(title="evaluation after each stage", title_justify="left")
+    table = Table(title="evaluation after each stage (percent; bits_per_byte: lower is better)", title_justify="left")
     table.add_column("stage")
     for name in task_names:
-        table.add_column(name, justify="right")
+        metric = next(d["tasks"][name]["main_metric"] for d in documents if name in d["tasks"])
+        table.add_column(f"{name}\n{metric}", justify="right")
     for document in documents:
-        table.add_row(document["stage"], *[f"{100 * document['tasks'][n]['value']:.2f}" if n in document["tasks"] else "-"
-                                           for n in task_names])
+        table.add_row(document["stage"], *[shown(document["tasks"][n]["main_metric"], document["tasks"][n]["value"])
+                                           if n in document["tasks"] else "-" for n in task_names])
     console.print(table)

@@ -54,7 +54,7 @@ class DataSource:
 class TaskSpec:
     name: str
     description: str
-    kind: str  # "generate": free text scored by `score`; "choice": log-likelihood over options; "code": executed
+    kind: str  # "generate": scored text; "choice": log-likelihood over options; "code": executed; "likelihood": reference bits/byte
     data: DataSource
     fewshot_data: Optional[DataSource] = None
     num_fewshot: int = 0
@@ -180,6 +180,11 @@ TASKS: dict[str, TaskSpec] = {
         stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_new_tokens=384, item_id=lambda item, i: item["task_id"],
         messages=None),
     "heldout": local_task("{examples}/data/eval/heldout.jsonl.zst", "heldout"),
+    "heldout_bpb": TaskSpec(
+        name="heldout_bpb", description="bits per byte of the held-out reference responses given their prompts: "
+                                        "a signal that moves for base models long before their answers are right",
+        kind="likelihood", data=DataSource("{examples}/data/eval/heldout.jsonl.zst"), messages=lambda item: item["messages"],
+        target=lambda item: item["response"], subtask=lambda item: item.get("family", "all")),
     "ruler": TaskSpec(
         name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
         data=DataSource(""), template="{question}", max_new_tokens=12, score=ruler_score,
