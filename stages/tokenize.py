@@ -32,7 +32,7 @@ from granite_cli import cli
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import format_count, load_recipe, parse_count
-from granite_cli.records import ErrorPolicy, input_paths, read_records
+from granite_cli.records import STDIO, ErrorPolicy, input_paths, read_records
 from granite_cli.sources import read_unit, source_units
 
 app = typer.Typer(
@@ -57,10 +57,19 @@ def tokenize_command(
     shard_tokens: str = typer.Option("64M", "--shard-tokens", help="Tokens per shard file (documents never span shards)."),
     batch_docs: int = typer.Option(BATCH_DOCS, "--batch-docs", help="Documents encoded per batch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing complete output directory."),
+    shard_index: Optional[int] = cli.ShardIndexOption,
+    num_shards: Optional[int] = cli.NumShardsOption,
     on_error: str = cli.OnErrorOption,
 ) -> None:
-    """Tokenize documents into a token shard directory (EOS after each document). Resumes an interrupted run."""
+    """Tokenize documents into a token shard directory (EOS after each document). Resumes an interrupted run.
+
+    In a job array (--num-shards N, or Slurm's array variables) worker I writes its own part-I
+    directory, which a training stage given the parent directory reads with the others. Reading
+    files, worker I takes every N-th document; reading stdin it takes the whole stream, which is
+    already its share (`granite mix` in the same array splits the documents upstream).
+    """
     paths = input_paths(inputs)
+    index, count = cli.array_position(shard_index, num_shards)
     policy = ErrorPolicy(on_error)
     loaded = load_recipe(recipe, run_dir)
     from granite_cli.tokenizer_io import load_tokenizer, tokenizer_identity
@@ -71,10 +80,14 @@ def tokenize_command(
     if identity["eos_id"] is None:
         raise BadInput("the tokenizer has no EOS token; documents need one between them", tokenizer_path)
     records = read_records(paths, policy, require_text=True)
+    if count > 1 and STDIO not in paths:
+        records = (record for position, record in enumerate(records) if position % count == index)
     first = next(records, None)
     if first is None:
         raise BadInput("no documents in the input", ", ".join(paths))
     out = Path(output) if output else loaded.run_dir / "shards" / _phase_dir(phase, first)
+    if count > 1:
+        out = out / f"part-{index:05d}"
     documents = _prepend(first, records)
     result = write_shards(documents, tok, identity, out, parse_count(shard_tokens, "--shard-tokens"), batch_docs, overwrite)
     policy.report()

@@ -159,3 +159,14 @@ def test_zstd_input(tokenizer_dir, tmp_path):
     path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(orjson.dumps(d) + b"\n" for d in docs)))
     granite("tokenize", path, "-t", tokenizer_dir, "-o", tmp_path / "s", check=True)
     assert ShardSet(tmp_path / "s").manifest["documents"] == len(docs)
+
+
+def test_job_array_workers_split_files_and_write_their_own_parts(tokenizer_dir, tmp_path):
+    docs = sample_documents(per_source=2)
+    path = write_jsonl(tmp_path / "d.jsonl", docs)
+    for index in range(2):
+        granite("tokenize", path, "-t", tokenizer_dir, "--phase", "7", "--run-dir", tmp_path, "--shard-index", index,
+                "--num-shards", 2, check=True)
+    parts = [ShardSet(tmp_path / "shards" / "phase-7" / f"part-{i:05d}") for i in range(2)]
+    assert sum(p.manifest["documents"] for p in parts) == len(docs)
+    assert parts[0].manifest["documents"] == (len(docs) + 1) // 2
