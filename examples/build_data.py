@@ -14,7 +14,6 @@ import hashlib
 import json
 import random
 import sys
-from collections import Counter
 from pathlib import Path
 
 import zstandard

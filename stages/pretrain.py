@@ -103,9 +103,9 @@ def pretrain_command(
         from granite_cli.trainer import Trainer
 
         workdir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(model, settings, windows, dist, workdir, save=checkpoint_writer(model.config, tokenizer_dir, lineage),
-                          validation=Validator(val_windows, parse_count(val_tokens, "--val-tokens"), min(micro_batch, 16),
-                                               tok["byte_lengths"], dist, trainer_autocast(settings, dist)))
+        trainer = Trainer(model, settings, windows, dist, workdir, save=checkpoint_writer(model.config, tokenizer_dir, lineage))
+        trainer.validation = Validator(val_windows, parse_count(val_tokens, "--val-tokens"), min(micro_batch, 16),
+                                       tok["byte_lengths"], dist, trainer.autocast)
         if resume and not trainer.resume():
             console.print("no step checkpoint to resume from: starting from the beginning")
         summary = trainer.run()
@@ -257,12 +257,6 @@ def train_settings(spec, training, lineage, n_steps, global_batch, micro_batch, 
         log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every, keep_last=keep_last,
         precision=precision, compile=compile, parallel=parallel, peak_flops=peak_flops,
         flops_per_token=flops_per_token(model.config, seq))
-
-
-def trainer_autocast(settings, dist):
-    import torch
-
-    return lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
 
 
 def report_plan(phase, model, settings, windows, parent, dist) -> None:

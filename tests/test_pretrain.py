@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, granite
+from conftest import granite
 from test_tokenize import sample_documents, write_jsonl
 
 FAST = ["--preset", "depth-2", "--seq-len", "64", "--batch-tokens", "1024", "--micro-batch", "8", "--peak-tflops", "1",

@@ -120,7 +120,7 @@ def instruction_following(rng: random.Random):
         constraints.append(spec)
     rules = " ".join(CONSTRAINTS[c["type"]].format(**c) for c in constraints)
     prompt = f"Write about {topic}. {rules}"
-    sentences = [f"I think about {topic} and the {keyword} I once saw.", f"It felt calm and bright.",
+    sentences = [f"I think about {topic} and the {keyword} I once saw.", "It felt calm and bright.",
                  f"The memory of the {keyword} stays with me."]
     count = n if "sentences" in chosen else 2
     response = " ".join(sentences[:count])
