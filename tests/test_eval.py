@@ -97,12 +97,13 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(FIXTURES, data)
     shutil.copytree(HUMANEVAL.parent, data / "humaneval")
+    shutil.copytree(REPO / "runs" / "eval-data" / "bfcl", data / "bfcl")
     out = tmp_path / "out"
-    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,humaneval,heldout,heldout_bpb,ruler", "--limit", "3",
+    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,humaneval,bfcl,heldout,heldout_bpb,ruler", "--limit", "3",
                      "--data-dir", data, "-o", out, "--ruler-lengths", "128", "--ruler-depths", "0,1",
                      "--compare", "granite-4.1-8b", "--batch-size", "4", check=True)
     document = json.loads((out / "results.json").read_text())
-    assert set(document["tasks"]) == {"gsm8k", "mmlu", "humaneval", "heldout", "heldout_bpb", "ruler"}
+    assert set(document["tasks"]) == {"gsm8k", "mmlu", "humaneval", "bfcl", "heldout", "heldout_bpb", "ruler"}
     assert document["tasks"]["heldout_bpb"]["value"] > 1.0  # an untrained model: several bits per byte
     gsm8k = document["tasks"]["gsm8k"]
     assert gsm8k["n"] == 3 and gsm8k["settings"]["num_fewshot"] == 8 and gsm8k["settings"]["chat_template"] is True
@@ -110,7 +111,9 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     assert document["tasks"]["mmlu"]["n"] == 2 and 0 <= document["tasks"]["mmlu"]["value"] <= 1
     assert document["tasks"]["ruler"]["n"] == 3 and len(document["tasks"]["ruler"]["subtasks"]) == 2  # --limit applies to every task
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 + 2 + 3 + 3 + 3 + 3
+    assert len(samples) == 3 + 2 + 3 + 3 + 3 + 3 + 3
+    bfcl_prompt = next(s["prompt"] for s in samples if s["task"] == "bfcl")
+    assert "<tools>" in bfcl_prompt and "calculate_triangle_area" in bfcl_prompt
     assert all({"task", "prompt", "output", "scores"} <= set(s) for s in samples)
     assert "92.49" in result.stderr.decode()  # IBM's GSM8K for the 8B, beside ours
     table = granite("eval", "table", out, check=True).stderr.decode()

@@ -37,13 +37,13 @@ app = typer.Typer(cls=cli.DefaultCommandGroup, help="Evaluate a checkpoint (defa
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
 MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte"}
 NOT_PERCENT = {"bits_per_byte"}  # shown as is; every other metric is a rate shown in percent
-TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy"}
+TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy"}
 
 
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
-    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, humaneval, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
+    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, humaneval, bfcl, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
@@ -125,6 +125,8 @@ def use_chat(spec: TaskSpec, mode: str, label: str) -> bool:
 def load_items(spec: TaskSpec, data_dir: Path, limit, lengths: str, depths: str, seed: int) -> list[dict]:
     if spec.name == "ruler":
         items = ruler_items([int(x) for x in lengths.split(",")], [float(x) for x in depths.split(",")], 2, seed)
+    elif spec.loader:
+        items = spec.loader(data_dir)
     else:
         items = spec.data.load(data_dir)
     if not items:
@@ -142,18 +144,21 @@ def fewshot(spec: TaskSpec, data_dir: Path, override: Optional[int], seed: int) 
     return random.Random(seed).sample(pool, min(count, len(pool)))
 
 
-def plain_instruction(messages: list[dict]) -> str:
+def plain_instruction(messages: list[dict], tools: Optional[list[dict]] = None) -> str:
     """A chat prompt as plain text for a base model, in the instruction format of the pre-training data."""
     said = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
+    if tools:
+        said += "\n\nTools:\n" + "\n".join(json.dumps(tool) for tool in tools)
     return f"### Instruction\n{said}\n### Response\n"
 
 
 def render(spec: TaskSpec, backend, item: dict, shots: list[dict], chat: bool) -> str:
     """The prompt text for one item: few-shot as plain text blocks, or as chat turns."""
     if spec.messages is not None:
+        tools = spec.tools(item) if spec.tools else item.get("tools")
         if chat:
-            return backend.chat_prompt(spec.messages(item), tools=item.get("tools"), documents=item.get("documents"))
-        return plain_instruction(spec.messages(item))
+            return backend.chat_prompt(spec.messages(item), tools=tools, documents=item.get("documents"))
+        return plain_instruction(spec.messages(item), tools)
     if chat:
         turns = []
         for shot in shots:

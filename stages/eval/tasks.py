@@ -68,6 +68,8 @@ class TaskSpec:
     subtask: Optional[Callable[[dict], str]] = None
     item_id: Callable[[dict, int], str] = lambda item, i: str(item.get("id", i))
     messages: Optional[Callable[[dict], list[dict]]] = None  # chat-native tasks bring their own messages
+    tools: Optional[Callable[[dict], list[dict]]] = None  # function specs shown through the chat template
+    loader: Optional[Callable[[Path], list[dict]]] = None  # for data spread over several files
     defaults: dict = field(default_factory=dict)
 
 
@@ -159,6 +161,16 @@ def ruler_score(item: dict, output: str) -> dict:
     return {"accuracy": float(item["answer"] in output[:64])}
 
 
+def _bfcl():
+    from stages.eval import bfcl
+
+    return TaskSpec(
+        name="bfcl", description="BFCL v3 AST match: simple, multiple, parallel, parallel_multiple, irrelevance",
+        kind="generate", data=DataSource("bfcl"), messages=bfcl.messages, tools=bfcl.tools, score=bfcl.score,
+        loader=lambda data_dir: [item for category in bfcl.CATEGORIES for item in bfcl.load(data_dir, category)],
+        max_new_tokens=256, subtask=lambda item: item["category"], item_id=lambda item, i: item["id"])
+
+
 TASKS: dict[str, TaskSpec] = {
     "gsm8k": TaskSpec(
         name="gsm8k", description="grade-school math, 8-shot; strict '#### N' and flexible last-number extraction",
@@ -185,6 +197,7 @@ TASKS: dict[str, TaskSpec] = {
                                         "a signal that moves for base models long before their answers are right",
         kind="likelihood", data=DataSource("{examples}/data/eval/heldout.jsonl.zst"), messages=lambda item: item["messages"],
         target=lambda item: item["response"], subtask=lambda item: item.get("family", "all")),
+    "bfcl": _bfcl(),
     "ruler": TaskSpec(
         name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
         data=DataSource(""), template="{question}", max_new_tokens=12, score=ruler_score,
