@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, granite
 from stages.eval import pass_at_k
-from stages.eval.tasks import code_score, extract_completion, gsm8k_score
+from stages.eval.tasks import code_score, extract_completion, gsm8k_score, mbpp_score, mmlu_pro_score
 
 HUMANEVAL = REPO / "runs" / "eval-data" / "humaneval" / "HumanEval.jsonl.gz"
 FIXTURES = REPO / "tests" / "fixtures" / "eval"
@@ -66,6 +66,26 @@ def test_gsm8k_gold_with_thousands_separator():
     assert gsm8k_score({"answer": "... #### 2,400"}, "#### 2400")["exact_match_strict"] == 1.0
 
 
+def test_mbpp_reference_code_passes_and_markers_are_stripped():
+    items = [json.loads(line) for line in (FIXTURES / "mbpp" / "test.jsonl").read_text().splitlines()]
+    for item in items:
+        assert mbpp_score(item, f"[BEGIN]\n{item['code']}\n[DONE]")["pass@1"] == 1.0
+        assert mbpp_score(item, f"Here you go:\n```python\n{item['code']}\n```")["pass@1"] == 1.0
+    assert mbpp_score(items[0], "def square_all(xs):\n    return xs")["pass@1"] == 0.0
+
+
+@pytest.mark.parametrize("output, score", [
+    ("6 * 7 = 42. The answer is (C).", 1.0),
+    ("the answer is C", 1.0),
+    ("The answer is (B). Wait, the answer is (C).", 1.0),  # the last statement counts
+    ("Answer: C", 1.0),
+    ("The answer is (D).", 0.0),
+    ("I think 42.", 0.0),
+])
+def test_mmlu_pro_extraction(output, score):
+    assert mmlu_pro_score({"answer": "C"}, output)["exact_match"] == score
+
+
 def test_pass_at_k_estimator():
     assert pass_at_k(10, 5, 1) == pytest.approx(0.5)
     assert pass_at_k(10, 0, 5) == 0.0
@@ -99,11 +119,12 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     shutil.copytree(HUMANEVAL.parent, data / "humaneval")
     shutil.copytree(REPO / "runs" / "eval-data" / "bfcl", data / "bfcl")
     out = tmp_path / "out"
-    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,humaneval,bfcl,heldout,heldout_bpb,ruler", "--limit", "3",
+    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,mmlu_pro,humaneval,mbpp,bfcl,heldout,heldout_bpb,ruler", "--limit", "3",
                      "--data-dir", data, "-o", out, "--ruler-lengths", "128", "--ruler-depths", "0,1",
                      "--compare", "granite-4.1-8b", "--batch-size", "4", check=True)
     document = json.loads((out / "results.json").read_text())
-    assert set(document["tasks"]) == {"gsm8k", "mmlu", "humaneval", "bfcl", "heldout", "heldout_bpb", "ruler"}
+    assert set(document["tasks"]) == {"gsm8k", "mmlu", "mmlu_pro", "humaneval", "mbpp", "bfcl", "heldout", "heldout_bpb", "ruler"}
+    assert document["tasks"]["mbpp"]["settings"]["num_fewshot"] == 3 and document["tasks"]["mmlu_pro"]["n"] == 2
     assert document["tasks"]["heldout_bpb"]["value"] > 1.0  # an untrained model: several bits per byte
     gsm8k = document["tasks"]["gsm8k"]
     assert gsm8k["n"] == 3 and gsm8k["settings"]["num_fewshot"] == 8 and gsm8k["settings"]["chat_template"] is True
@@ -111,7 +132,7 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     assert document["tasks"]["mmlu"]["n"] == 2 and 0 <= document["tasks"]["mmlu"]["value"] <= 1
     assert document["tasks"]["ruler"]["n"] == 3 and len(document["tasks"]["ruler"]["subtasks"]) == 2  # --limit applies to every task
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 + 2 + 3 + 3 + 3 + 3 + 3
+    assert len(samples) == 3 + 2 + 2 + 3 + 2 + 3 + 3 + 3 + 3
     bfcl_prompt = next(s["prompt"] for s in samples if s["task"] == "bfcl")
     assert "<tools>" in bfcl_prompt and "calculate_triangle_area" in bfcl_prompt
     assert all({"task", "prompt", "output", "scores"} <= set(s) for s in samples)

@@ -31,19 +31,19 @@ from granite_cli.errors import BadInput
 from granite_cli.records import atomic_path
 from stages.eval.backends import Endpoint, GenerationRequest, LocalModel
 from stages.eval.published import MODELS, PUBLISHED
-from stages.eval.tasks import TaskSpec, code_score, get_task, ruler_items
+from stages.eval.tasks import TaskSpec, get_task, ruler_items
 
 app = typer.Typer(cls=cli.DefaultCommandGroup, help="Evaluate a checkpoint (default) or print a table of evaluations (`table`).\n\n"
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
 MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte"}
 NOT_PERCENT = {"bits_per_byte"}  # shown as is; every other metric is a rate shown in percent
-TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy"}
+TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match"}
 
 
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
-    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, humaneval, bfcl, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
+    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, humaneval, mbpp, bfcl, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
@@ -80,10 +80,10 @@ def eval_command(
         started = time.perf_counter()
         chat = use_chat(spec, chat_template, label)
         items = load_items(spec, Path(data_dir), limit, ruler_lengths, ruler_depths, seed)
-        shots = fewshot(spec, Path(data_dir), num_fewshot, seed)
+        shots = FewShot(spec, Path(data_dir), num_fewshot, seed)
         scored = evaluate(spec, backend, items, shots, chat, samples, temperature, seed)
         summary = summarize(spec, scored)
-        summary["settings"] = {**settings, "num_fewshot": len(shots), "chat_template": chat,
+        summary["settings"] = {**settings, "num_fewshot": shots.count, "chat_template": chat,
                                "max_new_tokens": spec.max_new_tokens, "seconds": round(time.perf_counter() - started, 1)}
         results[spec.name] = summary
         all_samples.extend({"task": spec.name, **row} for row in scored)
@@ -134,14 +134,23 @@ def load_items(spec: TaskSpec, data_dir: Path, limit, lengths: str, depths: str,
     return items[:limit] if limit else items
 
 
-def fewshot(spec: TaskSpec, data_dir: Path, override: Optional[int], seed: int) -> list[dict]:
-    count = spec.num_fewshot if override is None else override
-    if not count:
-        return []
-    if spec.fewshot_data is None:
-        raise BadInput(f"task {spec.name} has no few-shot source")
-    pool = spec.fewshot_data.load(data_dir)
-    return random.Random(seed).sample(pool, min(count, len(pool)))
+class FewShot:
+    """The few-shot examples of each item: a seeded sample of the few-shot split, from the item's own
+    subject when the task says so (MMLU's subjects, MMLU-Pro's categories)."""
+
+    def __init__(self, spec: TaskSpec, data_dir: Path, override: Optional[int], seed: int):
+        self.spec, self.seed = spec, seed
+        self.count = spec.num_fewshot if override is None else override
+        if self.count and spec.fewshot_data is None:
+            raise BadInput(f"task {spec.name} has no few-shot source")
+        self.pool = spec.fewshot_data.load(data_dir) if self.count else []
+
+    def __call__(self, item: dict) -> list[dict]:
+        pool = self.pool
+        if self.spec.fewshot_by:
+            key = self.spec.fewshot_by(item)
+            pool = [shot for shot in pool if self.spec.fewshot_by(shot) == key] or self.pool
+        return random.Random(self.seed).sample(pool, min(self.count, len(pool)))
 
 
 def plain_instruction(messages: list[dict], tools: Optional[list[dict]] = None) -> str:
@@ -159,22 +168,21 @@ def render(spec: TaskSpec, backend, item: dict, shots: list[dict], chat: bool) -
         if chat:
             return backend.chat_prompt(spec.messages(item), tools=tools, documents=item.get("documents"))
         return plain_instruction(spec.messages(item), tools)
+    question = spec.template.format(question=spec.question(item))
     if chat:
         turns = []
         for shot in shots:
             turns += [{"role": "user", "content": spec.template.format(question=spec.question(shot))},
                       {"role": "assistant", "content": spec.target(shot).strip()}]
-        question = spec.template.format(question=spec.question(item))
-        if spec.kind == "code":
-            question = f"Complete the following Python function. Answer with the whole function in a ```python block.\n\n{question}"
-        return backend.chat_prompt(turns + [{"role": "user", "content": question}])
-    blocks = [spec.template.format(question=spec.question(shot)) + " " + spec.target(shot).strip() for shot in shots]
-    return "\n\n".join(blocks + [spec.template.format(question=spec.question(item))])
+        return backend.chat_prompt(turns + [{"role": "user", "content": spec.chat_instruction + question}])
+    blocks = [spec.template.format(question=spec.question(shot)) + spec.target_delimiter + spec.target(shot).strip()
+              for shot in shots]
+    return "\n\n".join(blocks + [question])
 
 
 # ------------------------------------------------------------------ running and scoring
 def evaluate(spec: TaskSpec, backend, items, shots, chat, samples, temperature, seed) -> list[dict]:
-    prompts = [render(spec, backend, item, shots, chat) for item in items]
+    prompts = [render(spec, backend, item, shots(item), chat) for item in items]
     if spec.kind == "choice":
         return score_choices(spec, backend, items, prompts)
     if spec.kind == "likelihood":
@@ -188,7 +196,7 @@ def evaluate(spec: TaskSpec, backend, items, shots, chat, samples, temperature, 
     for i, (item, prompt) in enumerate(zip(items, prompts)):
         mine = outputs[i * n:(i + 1) * n]
         if spec.kind == "code":
-            outcomes = [code_score(item, out) for out in mine]
+            outcomes = [spec.score(item, out) for out in mine]
             passed = sum(o["pass@1"] for o in outcomes)
             scores = {f"pass@{k}": pass_at_k(n, passed, k) for k in (1, 10, 100) if k <= n}
             rows.append(sample_row(spec, item, i, prompt, mine[0], scores, outcomes[0].get("detail") or outcomes[0]["status"]))

@@ -61,6 +61,9 @@ class TaskSpec:
     question: Callable[[dict], str] = lambda item: item["question"]
     target: Callable[[dict], str] = lambda item: item["answer"]
     template: str = "{question}"  # how a question is shown (plain text mode)
+    target_delimiter: str = " "  # between a few-shot question and its answer
+    fewshot_by: Optional[Callable[[dict], str]] = None  # few-shot examples share this key with the item (subject)
+    chat_instruction: str = ""  # put before the question when the chat template is on
     stop: tuple[str, ...] = ()
     max_new_tokens: int = 256
     score: Optional[Callable[[dict, str], dict]] = None
@@ -109,6 +112,44 @@ def extract_completion(item: dict, output: str) -> str:
 def code_score(item: dict, output: str, timeout: float = 10.0) -> dict:
     outcome = run_python(code_program(item, extract_completion(item, output)), timeout=timeout)
     return {"pass@1": float(outcome.passed), "status": outcome.status, "detail": outcome.detail}
+
+
+def mbpp_code(output: str) -> str:
+    """The program in an MBPP answer: a fenced block if there is one, without the [BEGIN]/[DONE] markers."""
+    block = re.search(r"```(?:python)?\n(.*?)(?:```|$)", output, re.DOTALL)
+    code = block.group(1) if block else output
+    return code.replace("[BEGIN]", "").split("[DONE]")[0].strip("\n")
+
+
+def mbpp_score(item: dict, output: str, timeout: float = 10.0) -> dict:
+    program = "\n".join([item.get("test_setup_code") or "", mbpp_code(output), *item["test_list"]])
+    outcome = run_python(program, timeout=timeout)
+    return {"pass@1": float(outcome.passed), "status": outcome.status, "detail": outcome.detail}
+
+
+def mbpp_question(item: dict) -> str:
+    tests = "\n".join(item["test_list"][:3])
+    return f"You are an expert Python programmer, and here is your task: {item['text']} Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+
+
+# ------------------------------------------------------------------ MMLU-Pro (5-shot chain of thought)
+MMLU_PRO_ANSWER = re.compile(r"answer is \(?([A-J])\)?")
+MMLU_PRO_FALLBACK = re.compile(r"[aA]nswer:\s*\(?([A-J])\)?")
+
+
+def mmlu_pro_question(item: dict) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(item["options"]))
+    return f"Question: {item['question'].strip()}\nOptions:\n{options}"
+
+
+def mmlu_pro_target(item: dict) -> str:
+    return item["cot_content"].removeprefix("A: ").removeprefix("Let's think step by step.").strip()
+
+
+def mmlu_pro_score(item: dict, output: str) -> dict:
+    """The letter after the last 'the answer is', else after 'Answer:'; exact match with the gold letter."""
+    found = MMLU_PRO_ANSWER.findall(output) or MMLU_PRO_FALLBACK.findall(output)
+    return {"exact_match": float(bool(found) and found[-1] == item["answer"])}
 
 
 # ------------------------------------------------------------------ MMLU (log-likelihood multiple choice)
@@ -182,15 +223,30 @@ TASKS: dict[str, TaskSpec] = {
         name="mmlu", description="MMLU, 5-shot log-likelihood multiple choice (for base models)", kind="choice",
         data=DataSource("mmlu/test.jsonl", ("cais/mmlu", "all", "test")),
         fewshot_data=DataSource("mmlu/dev.jsonl", ("cais/mmlu", "all", "dev")), num_fewshot=5,
-        question=mmlu_question, target=lambda item: " " + LETTERS[item["answer"]],
+        question=mmlu_question, target=lambda item: " " + LETTERS[item["answer"]], fewshot_by=lambda item: item["subject"],
         template="{question}", choices=lambda item: ([" " + LETTERS[i] for i in range(len(item["choices"]))], item["answer"]),
         subtask=lambda item: item.get("subject", "all")),
     "humaneval": TaskSpec(
         name="humaneval", description="HumanEval pass@1 (pass@k with --samples), code run in the sandbox", kind="code",
         data=DataSource("humaneval/HumanEval.jsonl.gz", ("openai/openai_humaneval", None, "test")),
-        question=lambda item: item["prompt"], template="{question}",
-        stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_new_tokens=384, item_id=lambda item, i: item["task_id"],
-        messages=None),
+        question=lambda item: item["prompt"], template="{question}", score=code_score,
+        chat_instruction="Complete the following Python function. Answer with the whole function in a ```python block.\n\n",
+        stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_new_tokens=384, item_id=lambda item, i: item["task_id"]),
+    "mbpp": TaskSpec(
+        name="mbpp", description="MBPP, 3-shot (lm-eval's prompt), pass@1, code run in the sandbox", kind="code",
+        data=DataSource("mbpp/test.jsonl", ("google-research-datasets/mbpp", "full", "test")),
+        fewshot_data=DataSource("mbpp/prompt.jsonl", ("google-research-datasets/mbpp", "full", "prompt")), num_fewshot=3,
+        question=mbpp_question, target=lambda item: f"{item['code']}\n[DONE]", target_delimiter="", score=mbpp_score,
+        chat_instruction="Answer with the code in a ```python block.\n\n", stop=("[DONE]",), max_new_tokens=384,
+        item_id=lambda item, i: str(item["task_id"])),
+    "mmlu_pro": TaskSpec(
+        name="mmlu_pro", description="MMLU-Pro, 5-shot chain of thought, answer letter after 'the answer is'",
+        kind="generate", data=DataSource("mmlu_pro/test.jsonl", ("TIGER-Lab/MMLU-Pro", None, "test")),
+        fewshot_data=DataSource("mmlu_pro/validation.jsonl", ("TIGER-Lab/MMLU-Pro", None, "validation")), num_fewshot=5,
+        question=mmlu_pro_question, target=mmlu_pro_target, template="{question}\nAnswer: Let's think step by step.",
+        fewshot_by=lambda item: item["category"], stop=("Question:",), max_new_tokens=512, score=mmlu_pro_score,
+        chat_instruction="Think step by step, then finish with \"the answer is (X)\" where X is the letter.\n\n",
+        subtask=lambda item: item["category"], item_id=lambda item, i: str(item["question_id"])),
     "heldout": local_task("{examples}/data/eval/heldout.jsonl.zst", "heldout"),
     "heldout_bpb": TaskSpec(
         name="heldout_bpb", description="bits per byte of the held-out reference responses given their prompts: "
