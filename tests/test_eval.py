@@ -119,11 +119,13 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     shutil.copytree(HUMANEVAL.parent, data / "humaneval")
     shutil.copytree(REPO / "runs" / "eval-data" / "bfcl", data / "bfcl")
     out = tmp_path / "out"
-    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,mmlu_pro,humaneval,mbpp,bfcl,heldout,heldout_bpb,ruler", "--limit", "3",
+    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,mmlu_pro,humaneval,mbpp,bfcl,ifeval,heldout,heldout_bpb,ruler", "--limit", "3",
                      "--data-dir", data, "-o", out, "--ruler-lengths", "128", "--ruler-depths", "0,1",
                      "--compare", "granite-4.1-8b", "--batch-size", "4", check=True)
     document = json.loads((out / "results.json").read_text())
-    assert set(document["tasks"]) == {"gsm8k", "mmlu", "mmlu_pro", "humaneval", "mbpp", "bfcl", "heldout", "heldout_bpb", "ruler"}
+    assert set(document["tasks"]) == {"gsm8k", "mmlu", "mmlu_pro", "humaneval", "mbpp", "bfcl", "ifeval", "heldout", "heldout_bpb",
+                                        "ruler"}
+    assert set(document["tasks"]["ifeval"]["metrics"]) >= {"prompt_level_strict", "inst_level_loose", "average"}
     assert document["tasks"]["mbpp"]["settings"]["num_fewshot"] == 3 and document["tasks"]["mmlu_pro"]["n"] == 2
     assert document["tasks"]["heldout_bpb"]["value"] > 1.0  # an untrained model: several bits per byte
     gsm8k = document["tasks"]["gsm8k"]
@@ -132,7 +134,7 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     assert document["tasks"]["mmlu"]["n"] == 2 and 0 <= document["tasks"]["mmlu"]["value"] <= 1
     assert document["tasks"]["ruler"]["n"] == 3 and len(document["tasks"]["ruler"]["subtasks"]) == 2  # --limit applies to every task
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 + 2 + 2 + 3 + 2 + 3 + 3 + 3 + 3
+    assert len(samples) == 3 + 2 + 2 + 3 + 2 + 3 + 3 + 3 + 3 + 3
     bfcl_prompt = next(s["prompt"] for s in samples if s["task"] == "bfcl")
     assert "<tools>" in bfcl_prompt and "calculate_triangle_area" in bfcl_prompt
     assert all({"task", "prompt", "output", "scores"} <= set(s) for s in samples)

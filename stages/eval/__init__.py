@@ -37,13 +37,14 @@ app = typer.Typer(cls=cli.DefaultCommandGroup, help="Evaluate a checkpoint (defa
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
 MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte"}
 NOT_PERCENT = {"bits_per_byte"}  # shown as is; every other metric is a rate shown in percent
-TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match"}
+TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match",
+                    "ifeval": "average"}
 
 
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
-    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, humaneval, mbpp, bfcl, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
+    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, humaneval, mbpp, bfcl, ifeval, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),

@@ -202,6 +202,16 @@ def ruler_score(item: dict, output: str) -> dict:
     return {"accuracy": float(item["answer"] in output[:64])}
 
 
+def _ifeval():
+    from stages.eval import ifeval
+
+    return TaskSpec(
+        name="ifeval", description="IFEval: verifiable instructions, prompt- and instruction-level, strict and loose",
+        kind="generate", data=DataSource("ifeval/input_data.jsonl", ("google/IFEval", None, "train")),
+        messages=lambda item: [{"role": "user", "content": item["prompt"]}], score=ifeval.score, max_new_tokens=768,
+        item_id=lambda item, i: str(item["key"]))
+
+
 def _bfcl():
     from stages.eval import bfcl
 
@@ -254,6 +264,7 @@ TASKS: dict[str, TaskSpec] = {
         kind="likelihood", data=DataSource("{examples}/data/eval/heldout.jsonl.zst"), messages=lambda item: item["messages"],
         target=lambda item: item["response"], subtask=lambda item: item.get("family", "all")),
     "bfcl": _bfcl(),
+    "ifeval": _ifeval(),
     "ruler": TaskSpec(
         name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
         data=DataSource(""), template="{question}", max_new_tokens=12, score=ruler_score,
