@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, granite
 from stages.eval import pass_at_k
-from stages.eval.tasks import code_score, extract_completion, gsm8k_score, mbpp_score, mmlu_pro_score
+from stages.eval.tasks import bbh_score, code_score, deepmind_math_score, extract_completion, gsm8k_score, mbpp_score, mmlu_pro_score
 
 HUMANEVAL = REPO / "runs" / "eval-data" / "humaneval" / "HumanEval.jsonl.gz"
 FIXTURES = REPO / "tests" / "fixtures" / "eval"
@@ -86,6 +86,26 @@ def test_mmlu_pro_extraction(output, score):
     assert mmlu_pro_score({"answer": "C"}, output)["exact_match"] == score
 
 
+@pytest.mark.parametrize("output, target, score", [
+    ("not True is False. So the answer is False.", "False", 1.0),
+    ("So the answer is (A).", "(A)", 1.0),
+    ("So the answer is True.", "False", 0.0),
+    ("I do not know", "False", 0.0),
+])
+def test_bbh_extraction(output, target, score):
+    assert bbh_score({"target": target}, output)["exact_match"] == score
+
+
+@pytest.mark.parametrize("output, answer, score", [
+    ("-3 + 8 = 5. The answer is 5.", "5", 1.0),
+    ("x = 3.0, so the answer is 3.0.", "3", 1.0),
+    ("The answer is 7/2.", "3.5", 0.0),
+    ("The answer is a + b.", "a + b", 1.0),
+])
+def test_deepmind_math_extraction(output, answer, score):
+    assert deepmind_math_score({"answer": answer}, output)["exact_match"] == score
+
+
 def test_pass_at_k_estimator():
     assert pass_at_k(10, 5, 1) == pytest.approx(0.5)
     assert pass_at_k(10, 0, 5) == 0.0
@@ -119,12 +139,14 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     shutil.copytree(HUMANEVAL.parent, data / "humaneval")
     shutil.copytree(REPO / "runs" / "eval-data" / "bfcl", data / "bfcl")
     out = tmp_path / "out"
-    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,mmlu_pro,humaneval,mbpp,bfcl,ifeval,heldout,heldout_bpb,ruler", "--limit", "3",
+    result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,mmlu_pro,bbh,deepmind_math,humaneval,mbpp,bfcl,ifeval,heldout,heldout_bpb,ruler",
+                     "--limit", "3",
                      "--data-dir", data, "-o", out, "--ruler-lengths", "128", "--ruler-depths", "0,1",
                      "--compare", "granite-4.1-8b", "--batch-size", "4", check=True)
     document = json.loads((out / "results.json").read_text())
-    assert set(document["tasks"]) == {"gsm8k", "mmlu", "mmlu_pro", "humaneval", "mbpp", "bfcl", "ifeval", "heldout", "heldout_bpb",
-                                        "ruler"}
+    assert set(document["tasks"]) == {"gsm8k", "mmlu", "mmlu_pro", "bbh", "deepmind_math", "humaneval", "mbpp",
+                                        "bfcl", "ifeval", "heldout", "heldout_bpb", "ruler"}
+    assert document["tasks"]["bbh"]["settings"]["num_fewshot"] == 3 and document["tasks"]["bbh"]["n"] == 2
     assert set(document["tasks"]["ifeval"]["metrics"]) >= {"prompt_level_strict", "inst_level_loose", "average"}
     assert document["tasks"]["mbpp"]["settings"]["num_fewshot"] == 3 and document["tasks"]["mmlu_pro"]["n"] == 2
     assert document["tasks"]["heldout_bpb"]["value"] > 1.0  # an untrained model: several bits per byte
@@ -134,7 +156,7 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     assert document["tasks"]["mmlu"]["n"] == 2 and 0 <= document["tasks"]["mmlu"]["value"] <= 1
     assert document["tasks"]["ruler"]["n"] == 3 and len(document["tasks"]["ruler"]["subtasks"]) == 2  # --limit applies to every task
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 + 2 + 2 + 3 + 2 + 3 + 3 + 3 + 3 + 3
+    assert len(samples) == 3 + 2 + 2 + 2 + 3 + 3 + 2 + 3 + 3 + 3 + 3 + 3
     bfcl_prompt = next(s["prompt"] for s in samples if s["task"] == "bfcl")
     assert "<tools>" in bfcl_prompt and "calculate_triangle_area" in bfcl_prompt
     assert all({"task", "prompt", "output", "scores"} <= set(s) for s in samples)

@@ -38,13 +38,13 @@ app = typer.Typer(cls=cli.DefaultCommandGroup, help="Evaluate a checkpoint (defa
 MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte"}
 NOT_PERCENT = {"bits_per_byte"}  # shown as is; every other metric is a rate shown in percent
 TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match",
-                    "ifeval": "average"}
+                    "ifeval": "average", "bbh": "exact_match", "deepmind_math": "exact_match"}
 
 
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
-    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, humaneval, mbpp, bfcl, ifeval, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
+    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, bbh, deepmind_math, humaneval, mbpp, bfcl, ifeval, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
@@ -84,7 +84,7 @@ def eval_command(
         shots = FewShot(spec, Path(data_dir), num_fewshot, seed)
         scored = evaluate(spec, backend, items, shots, chat, samples, temperature, seed)
         summary = summarize(spec, scored)
-        summary["settings"] = {**settings, "num_fewshot": shots.count, "chat_template": chat,
+        summary["settings"] = {**settings, "num_fewshot": shots.count or spec.inline_shots, "chat_template": chat,
                                "max_new_tokens": spec.max_new_tokens, "seconds": round(time.perf_counter() - started, 1)}
         results[spec.name] = summary
         all_samples.extend({"task": spec.name, **row} for row in scored)

@@ -64,6 +64,7 @@ class TaskSpec:
     target_delimiter: str = " "  # between a few-shot question and its answer
     fewshot_by: Optional[Callable[[dict], str]] = None  # few-shot examples share this key with the item (subject)
     chat_instruction: str = ""  # put before the question when the chat template is on
+    inline_shots: int = 0  # worked examples already inside each question (BBH's chain-of-thought prompts)
     stop: tuple[str, ...] = ()
     max_new_tokens: int = 256
     score: Optional[Callable[[dict, str], dict]] = None
@@ -202,6 +203,39 @@ def ruler_score(item: dict, output: str) -> dict:
     return {"accuracy": float(item["answer"] in output[:64])}
 
 
+# ------------------------------------------------------------------ BBH (3-shot chain of thought)
+BBH_ANSWER = re.compile(r"(?<=the answer is )(.*)(?=.)")
+
+
+def bbh_load(data_dir: Path) -> list[dict]:
+    """BIG-Bench-Hard's own layout: bbh/<subtask>.json and bbh/cot-prompts/<subtask>.txt (3 worked examples)."""
+    root = data_dir / "bbh"
+    subtasks = sorted(root.glob("*.json"))
+    if not subtasks:
+        raise BadInput(f"no BBH data in {root}: put BIG-Bench-Hard's bbh/*.json and cot-prompts/*.txt there")
+    items = []
+    for path in subtasks:
+        prompt_path = root / "cot-prompts" / f"{path.stem}.txt"
+        if not prompt_path.exists():
+            raise BadInput(f"missing the chain-of-thought prompt {prompt_path}")
+        cot = prompt_path.read_text().strip()
+        items += [{**example, "subtask": path.stem, "cot_prompt": cot, "id": f"{path.stem}-{i}"}
+                  for i, example in enumerate(json.loads(path.read_text())["examples"])]
+    return items
+
+
+def bbh_score(item: dict, output: str) -> dict:
+    found = BBH_ANSWER.search(output)
+    answer = found.group(1).strip() if found else ""
+    return {"exact_match": float(answer.lower() == item["target"].strip().lower())}
+
+
+# ------------------------------------------------------------------ DeepMind Mathematics (0-shot chain of thought)
+def deepmind_math_score(item: dict, output: str) -> dict:
+    kind = "numeric" if parse_number(item["answer"]) is not None else "exact"
+    return {"exact_match": verify(output, {"type": kind, "answer": item["answer"]}).score}
+
+
 def _ifeval():
     from stages.eval import ifeval
 
@@ -263,6 +297,17 @@ TASKS: dict[str, TaskSpec] = {
                                         "a signal that moves for base models long before their answers are right",
         kind="likelihood", data=DataSource("{examples}/data/eval/heldout.jsonl.zst"), messages=lambda item: item["messages"],
         target=lambda item: item["response"], subtask=lambda item: item.get("family", "all")),
+    "bbh": TaskSpec(
+        name="bbh", description="BIG-Bench-Hard, 3-shot chain of thought (the benchmark's own prompts), per subtask",
+        kind="generate", data=DataSource("bbh"), loader=bbh_load, inline_shots=3,
+        question=lambda item: f"{item['cot_prompt']}\n\nQ: {item['input']}\nA: Let's think step by step.",
+        stop=("\n\nQ:", "Q:"), max_new_tokens=512, score=bbh_score, subtask=lambda item: item["subtask"]),
+    "deepmind_math": TaskSpec(
+        name="deepmind_math", description="DeepMind Mathematics, 0-shot chain of thought, the stated answer matched",
+        kind="generate", data=DataSource("deepmind_math/test.jsonl"),
+        template="Question: {question}\nAnswer: Let's think step by step.", stop=("Question:",), max_new_tokens=512,
+        chat_instruction="Think step by step, then finish with \"The answer is X.\"\n\n", score=deepmind_math_score,
+        subtask=lambda item: item.get("module", "all")),
     "bfcl": _bfcl(),
     "ifeval": _ifeval(),
     "ruler": TaskSpec(
