@@ -13,7 +13,7 @@ import gzip
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -74,7 +74,6 @@ class TaskSpec:
     messages: Optional[Callable[[dict], list[dict]]] = None  # chat-native tasks bring their own messages
     tools: Optional[Callable[[dict], list[dict]]] = None  # function specs shown through the chat template
     loader: Optional[Callable[[Path], list[dict]]] = None  # for data spread over several files
-    defaults: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ GSM8K
