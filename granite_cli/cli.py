@@ -34,6 +34,7 @@ RunDirOption = typer.Option(None, "--run-dir", help="Where default inputs and ou
 SeedOption = typer.Option(0, "--seed", help="Seed for every random choice: same inputs and seed give the same bytes out.")
 OnErrorOption = typer.Option("fail", "--on-error", help="'fail': stop at the first bad record (exit 2). 'skip': count and log bad records, go on.")
 ShardIndexOption = typer.Option(None, "--shard-index", help="This worker's index in a job array. Default: $SLURM_ARRAY_TASK_ID, else 0.")
+DeviceOption = typer.Option("auto", "--device", help="cpu, cuda, or auto (a GPU when there is one).")
 NumShardsOption = typer.Option(None, "--num-shards", help="Number of workers in the job array. Default: $SLURM_ARRAY_TASK_COUNT, else 1.")
 
 

@@ -90,8 +90,7 @@ class WSD:
         start = total * (1 - self.decay_fraction)
         if n <= start:
             return self.peak_lr
-        p = _progress(n - start, total - start)
-        return self.peak_lr * (1 - p * (1 - self.final_lr_ratio))
+        return Linear(self.peak_lr, self.final_lr_ratio).lr(n - start, total - start)
 
 
 @dataclass

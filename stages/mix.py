@@ -85,7 +85,7 @@ def mix_command(
     policy = ErrorPolicy(on_error)
     counter = token_counter(loaded, tokenizer)
     fraction = loaded.heldout_fraction
-    available = {name: available_tokens(src, counter, policy, loaded.run_dir, fraction) for name, src in sources.items()}
+    available = available_tokens(sources, counter, policy, loaded.run_dir, fraction)
     check_supply(sources, targets, available)
     slack = budget * loaded.mix_tolerance / 100 / 2
     cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter, slack, fraction=fraction)
@@ -170,23 +170,31 @@ class TokenCounter:
     count: Callable[[str], int]
 
 
-def available_tokens(source: Source, counter: TokenCounter, policy: ErrorPolicy, run_dir: Path, fraction: float) -> int:
-    """Tokens one pass over the source's training split holds; cached per file (path, size, mtime, method, split)."""
+def available_tokens(sources: dict[str, Source], counter: TokenCounter, policy: ErrorPolicy, run_dir: Path,
+                     fraction: float) -> dict[str, int]:
+    """Tokens one pass over each source's training split holds.
+
+    Counted per file and cached under the run directory by (path, size, mtime, counting method, split),
+    so a rerun or a job-array worker reads the cache instead of the data.
+    """
     cache_path = run_dir / ".cache" / "source-tokens.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    total, changed = 0, False
-    for unit in source_units(source):
-        stat = os.stat(unit) if os.path.exists(unit) else None
-        key = hashlib.sha256(f"{unit}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
-                             f"{source.text_field}|{fraction}".encode()).hexdigest()
-        if key not in cache or stat is None:
-            cache[key] = sum(counter.count(doc["text"]) for doc in read_split(unit, source, policy, fraction, False))
-            changed = True
-        total += cache[key]
+    changed = False
+    available = {}
+    for name, source in sources.items():
+        available[name] = 0
+        for unit in source_units(source):
+            stat = os.stat(unit) if os.path.exists(unit) else None
+            key = hashlib.sha256(f"{unit}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
+                                 f"{source.text_field}|{fraction}".encode()).hexdigest()
+            if key not in cache or stat is None:
+                cache[key] = sum(counter.count(doc["text"]) for doc in read_split(unit, source, policy, fraction, False))
+                changed = True
+            available[name] += cache[key]
     if changed:
         with atomic_path(cache_path) as tmp:
             tmp.write_text(json.dumps(cache))
-    return total
+    return available
 
 
 def check_supply(sources: dict[str, Source], targets: dict[str, float], available: dict[str, int]) -> None:

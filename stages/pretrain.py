@@ -64,7 +64,7 @@ def pretrain_command(
     precision: str = typer.Option("auto", "--precision", help="fp32, bf16 (autocast), or auto: bf16 on a GPU that has it, else fp32."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     parallel: str = typer.Option("ddp", "--parallel", help="Under torchrun: ddp or fsdp (FSDP2 fully_shard per layer)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    device: str = cli.DeviceOption,
     peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="Device peak for MFU, in TFLOP/s. Default: measured at start."),
 ) -> None:
     """Pre-train (or continue pre-training) a Granite model on token shards for one recipe phase."""

@@ -64,7 +64,7 @@ def eval_command(
     recipe: Optional[str] = cli.RecipeOption,
     run_dir: Optional[str] = cli.RunDirOption,
     seed: int = cli.SeedOption,
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    device: str = cli.DeviceOption,
 ) -> None:
     """Evaluate a model on benchmark tasks; writes results.json and samples.jsonl."""
     from granite_cli.recipe import load_recipe
