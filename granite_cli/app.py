@@ -15,6 +15,7 @@ from granite_cli import recipe_cmd
 from granite_cli.errors import GraniteError
 from granite_cli import info_cmd
 from stages import eval as eval_stage
+from stages import filter as filter_stage
 from stages import mix, pretrain, tokenize
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(recipe_cmd.app, name="recipe")
 app.command("mix")(mix.mix_command)
 app.add_typer(tokenize.app, name="tokenize")
 app.command("pretrain")(pretrain.pretrain_command)
+app.add_typer(filter_stage.app, name="filter")
 app.command("info")(info_cmd.info_command)
 app.add_typer(eval_stage.app, name="eval")
 

@@ -208,7 +208,7 @@ def load_recipe(name_or_path: str | None = None, run_dir: str | None = None) -> 
     for name, spec in raw.get("sources", {}).items():
         sources[name] = Source(
             name=name,
-            paths=[_expand(p, base) for p in spec.get("paths", [])],
+            paths=[expand_path(p, base) for p in spec.get("paths", [])],
             hf=spec.get("hf"),
             hf_split=spec.get("split", "train"),
             text_field=spec.get("text_field", "text"),
@@ -255,7 +255,7 @@ def load_recipe(name_or_path: str | None = None, run_dir: str | None = None) -> 
     )
 
 
-def _expand(pattern: str, base: Path) -> str:
+def expand_path(pattern: str, base: Path) -> str:
     """Expand {examples} and $VARS; a relative path is relative to the recipe file."""
     pattern = os.path.expandvars(pattern.replace("{examples}", str(examples_dir())))
     if not os.path.isabs(pattern) and "$" not in pattern:

@@ -29,3 +29,23 @@ def tokenizer_dir(tmp_path_factory):
     granite("tokenize", "train", "--vocab-size", "2048", "--max-bytes", "200K", "-o", out,
             "--run-dir", out.parent / "run", check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tokenizer_dir, tmp_path_factory):
+    """An untrained depth-2 checkpoint: eval and the judge must run end to end whatever the model's quality."""
+    import torch
+    from transformers import GraniteForCausalLM
+
+    from granite_cli.tokenizer_io import load_tokenizer
+    from model.checkpoint import save_checkpoint
+    from model.presets import build_config
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    torch.manual_seed(0)
+    config = build_config("depth-2", vocab_size=len(tok), bos_id=tok.eos_token_id, eos_id=tok.eos_token_id,
+                          pad_id=tok.pad_token_id)
+    out = tmp_path_factory.mktemp("untrained") / "ckpt"
+    save_checkpoint(out, GraniteForCausalLM(config).state_dict(), config, tokenizer_dir,
+                    [{"stage": "sft", "arguments": {}, "metrics": {}}])
+    return out

@@ -1,14 +1,13 @@
 """granite eval: scoring agrees with hand-checked cases, code runs in the sandbox, the CLI writes its contract."""
 
 import gzip
-import http.server
 import json
 import shutil
-import threading
 
 import pytest
 
 from conftest import REPO, granite
+from fake_openai import FakeOpenAI
 from stages.eval import pass_at_k
 from stages.eval.tasks import bbh_score, code_score, deepmind_math_score, extract_completion, gsm8k_score, mbpp_score, mmlu_pro_score
 
@@ -113,26 +112,6 @@ def test_pass_at_k_estimator():
     assert pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tokenizer_dir, tmp_path_factory):
-    """An untrained depth-2 checkpoint: eval must run end to end whatever the model's quality."""
-    import torch
-    from transformers import GraniteForCausalLM
-
-    from granite_cli.tokenizer_io import load_tokenizer
-    from model.checkpoint import save_checkpoint
-    from model.presets import build_config
-
-    tok = load_tokenizer(str(tokenizer_dir))
-    torch.manual_seed(0)
-    config = build_config("depth-2", vocab_size=len(tok), bos_id=tok.eos_token_id, eos_id=tok.eos_token_id,
-                          pad_id=tok.pad_token_id)
-    out = tmp_path_factory.mktemp("eval") / "ckpt"
-    save_checkpoint(out, GraniteForCausalLM(config).state_dict(), config, tokenizer_dir,
-                    [{"stage": "sft", "arguments": {}, "metrics": {}}])
-    return out
-
-
 def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(FIXTURES, data)
@@ -170,40 +149,15 @@ def test_missing_benchmark_data_is_bad_input(checkpoint, tmp_path):
     assert result.returncode == 2 and "make eval-data" in result.stderr.decode()
 
 
-class FakeOpenAI(http.server.BaseHTTPRequestHandler):
-    """A loopback OpenAI-compatible server: answers every chat request with a fixed answer; fails once with 500."""
-
-    calls = 0
-
-    def do_POST(self):
-        FakeOpenAI.calls += 1
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if FakeOpenAI.calls == 1:
-            self.send_response(500)
-            self.end_headers()
-            return
-        assert body["model"] == "fake" and body["messages"][-1]["role"] == "user"
-        reply = {"choices": [{"message": {"role": "assistant", "content": "The answer is 36."}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_endpoint_backend_with_retries(tmp_path):
     from stages.eval.backends import Endpoint, GenerationRequest
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        backend = Endpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", "fake", concurrency=1, retries=2)
+    def respond(body, attempt):  # fails once with 500, then answers
+        assert body["model"] == "fake" and body["messages"][-1]["role"] == "user"
+        return (500, None) if attempt == 0 else "The answer is 36."
+
+    with FakeOpenAI(respond) as server:
+        backend = Endpoint(server.url, "fake", concurrency=1, retries=2)
         prompt = backend.chat_prompt([{"role": "user", "content": "12 * 3?"}])
         [output] = backend.generate([GenerationRequest(prompt, 32)])
-    finally:
-        server.shutdown()
-    assert output == "The answer is 36." and FakeOpenAI.calls == 2
+    assert output == "The answer is 36." and len(server.bodies) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 from generators.tasks import NAMES, TOPICS
 
@@ -179,6 +180,9 @@ def with_answer(prompt: dict, answer: str) -> dict:
 
 
 # ---------------------------------------------------------------- defects for the filter stage
+STATED_RESULT = re.compile(r"(\d\s*[-+*/]\s*\d+\s*=\s*)(\d+)\b")
+
+
 def add_defect(sample: dict, rng: random.Random) -> dict:
     """Break a good sample in one labelled way the filter stage must catch."""
     sample = json.loads(json.dumps(sample))
@@ -196,7 +200,12 @@ def add_defect(sample: dict, rng: random.Random) -> dict:
     elif rng.random() < 0.5:
         last["content"] = last["content"].rstrip(".") + " <|end_of_text|>"
         defect = "template_leak"
+    elif STATED_RESULT.search(last["content"]):
+        # a miscalculation a rule can catch: the first stated result is off by ten
+        last["content"] = STATED_RESULT.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + 10}", last["content"], count=1)
+        defect = "wrong_computation"
     else:
+        # a wrong final answer only a judge (or a reference) can catch
         last["content"] = last["content"].replace("The answer is", "The answer is 1") if "The answer is" in last["content"] \
             else last["content"] + " 42"
         defect = "wrong_answer"

@@ -8,14 +8,12 @@ OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama) for models too large to 
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from granite_cli.errors import BadInput, GraniteError
+from granite_cli.errors import BadInput
+from granite_cli.llm_client import post_json
 
 
 @dataclass
@@ -123,27 +121,14 @@ class Endpoint:
                  api_key: str | None = None):
         self.url, self.model, self.concurrency, self.timeout, self.retries = url.rstrip("/"), model, concurrency, timeout, retries
         self.name = f"{self.url}#{model}"
-        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def chat_prompt(self, messages, tools=None, documents=None):
         # the server applies its own chat template: keep the messages, rendered as JSON for the request
         return json.dumps({"messages": messages, "tools": tools, "documents": documents})
 
     def _post(self, path: str, body: dict) -> dict:
-        data = json.dumps(body).encode()
-        delay = 1.0
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url + path, data=data, headers=self.headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as err:
-                status = getattr(err, "code", None)
-                if attempt == self.retries or (status is not None and status < 500 and status != 429):
-                    raise GraniteError(f"endpoint {self.url}{path} failed: {err}") from err
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        return post_json(self.url + path, body, self.headers, self.timeout, self.retries)
 
     def _one(self, request: GenerationRequest) -> str:
         common = {"model": self.model, "max_tokens": request.max_new_tokens, "temperature": request.temperature,

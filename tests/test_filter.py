@@ -1,0 +1,257 @@
+"""granite filter: every labelled defect gets its verdict and reason, the judge is robust, reruns cost nothing."""
+
+import json
+import math
+
+import pytest
+
+from conftest import REPO, granite
+from fake_openai import FakeOpenAI
+from granite_cli.llm_client import ChatEndpoint, ChatReply, TokenChoice
+from stages.filter.dedup import MinHashIndex
+from stages.filter.judge import DIMENSIONS, Judge, JudgeCache, expected_scores, parse_answer
+from stages.filter.rules import check_computation, check_truncated, normalize, stated_computations
+
+FIXTURES = REPO / "tests" / "fixtures" / "filter"
+LABELLED = FIXTURES / "labelled.jsonl"
+
+
+def labelled():
+    return [json.loads(line) for line in LABELLED.read_text().splitlines()]
+
+
+def answer_json(scores: dict | int = 5, **flags) -> str:
+    scores = scores if isinstance(scores, dict) else dict.fromkeys(DIMENSIONS, scores)
+    answer = {**scores, "hallucination": False, "false_premise_accepted": False, "incorrect_computation": False,
+              **flags, "rationale": "checked"}
+    return json.dumps(answer)
+
+
+def graded_turn(body: dict) -> str:
+    prompt = body["messages"][1]["content"]
+    return prompt.split("## Assistant turn to grade\n", 1)[1].split("\n\n## Score", 1)[0]
+
+
+def scripted_judge(body, attempt):
+    """Flags what the fixture's judge-only defects need; everything else gets top marks."""
+    turn = graded_turn(body)
+    if "Karel Novak" in turn:
+        return answer_json(4, hallucination=True)
+    if "because relativity" in turn:
+        return answer_json(4, false_premise_accepted=True)
+    if "Eggs are food" in turn:
+        return answer_json(2)
+    if "Seven is one" in turn:
+        return answer_json({**dict.fromkeys(DIMENSIONS, 4), "conciseness": 2, "naturalness": 3})
+    return answer_json(5)
+
+
+def run_filter(tmp_path, *extra, name="run"):
+    kept, audit = tmp_path / f"{name}-kept.jsonl", tmp_path / f"{name}-audit.jsonl"
+    result = granite("filter", LABELLED, "-o", kept, "--audit", audit, "--run-dir", tmp_path / "runs",
+                     "--decontaminate", FIXTURES / "benchmark.jsonl", "--set", "length.max_tokens=2000", *extra)
+    assert result.returncode == 0, result.stderr.decode()
+    audits = {a["id"]: a for a in map(json.loads, audit.read_text().splitlines())}
+    kept_ids = [json.loads(line)["id"] for line in kept.read_text().splitlines()]
+    return audits, kept_ids, result.stderr.decode()
+
+
+def check_expectations(audits: dict, judged: bool) -> None:
+    for sample in labelled():
+        expect, audit = sample["meta"]["expect"], audits[sample["id"]]
+        if expect["rule"] == "judge" and not judged:
+            assert audit["verdict"] == "accept" and audit["judge"]["status"] == "none", sample["id"]
+            continue
+        assert audit["verdict"] == expect["verdict"], (sample["id"], audit)
+        if expect["verdict"] != "accept":
+            assert expect["rule"] in [r["rule"] for r in audit["reasons"]], (sample["id"], audit["reasons"])
+            assert all(r["reason"] for r in audit["reasons"])  # every decision says why
+
+
+def test_labelled_fixture_without_judge(tmp_path):
+    audits, kept, stderr = run_filter(tmp_path, "--judge", "none")
+    check_expectations(audits, judged=False)
+    assert len(audits) == len(labelled())  # one audit record per sample: nothing dropped silently
+    assert kept == [i for i, a in audits.items() if a["kept"]]
+    assert "judge: none ran" in stderr and "filter: kept" in stderr
+    assert audits["good-normalized"]["changes"] and "good-normalized" in kept
+
+
+def test_labelled_fixture_with_endpoint_judge_and_cached_rerun(tmp_path):
+    with FakeOpenAI(scripted_judge, lower_digit_share=0.3) as server:
+        audits, kept, stderr = run_filter(tmp_path, "--judge", server.url, "--judge-model", "judge")
+        check_expectations(audits, judged=True)
+        good = audits["good-plain"]["judge"]
+        assert good["status"] == "ok" and good["turns"][0]["logprob_weighted"]
+        assert good["score"] == pytest.approx(4.7)  # 5 * 0.7 + 4 * 0.3 on every dimension
+        assert "hallucination" in audits["judge-hallucination"]["reasons"][0]["reason"]
+        # rule rejects are never sent to the judge
+        assert audits["bad-arithmetic"]["judge"]["status"] == "skipped"
+        calls = len(server.bodies)
+        assert all(b["logprobs"] and b["model"] == "judge" for b in server.bodies)
+
+        # a stricter threshold re-decides from the cache: no new judge calls
+        audits, kept, stderr = run_filter(tmp_path, "--judge", server.url, "--judge-model", "judge",
+                                          "--accept-at", "4.8", "--borderline", "keep", name="rerun")
+        assert len(server.bodies) == calls and "0 miss(es)" in stderr
+        assert audits["good-plain"]["verdict"] == "borderline" and "good-plain" in kept
+
+
+def test_judge_retries_timeouts_and_server_errors():
+    def flaky(body, attempt):
+        if attempt == 0:
+            return ("sleep", 1.0)  # past the client's timeout
+        if attempt == 1:
+            return (503, None)
+        return answer_json(4)
+
+    with FakeOpenAI(flaky) as server:
+        backend = ChatEndpoint(server.url, "judge", concurrency=4, timeout=0.3, retries=3, backoff=0.01)
+        samples = [s for s in labelled() if s["id"] in ("good-plain", "good-math")]
+        results = Judge(backend, JudgeCache(None)).judge(samples)
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert results[0].turns[0].scores["correctness"] == 4.0
+
+
+def test_malformed_judge_answers_are_retried_then_recorded():
+    def garbage_then_valid(body, attempt):
+        corrected = body["messages"][-1]["content"].startswith("That answer is not valid")
+        return answer_json(5) if corrected and "good-math" not in json.dumps(body) and "17 * 23" not in json.dumps(body) \
+            else "Looks fine to me, 10/10!"
+
+    with FakeOpenAI(garbage_then_valid) as server:
+        samples = [s for s in labelled() if s["id"] in ("good-plain", "good-math")]
+        results = Judge(ChatEndpoint(server.url, "judge", retries=0), JudgeCache(None), retries=2).judge(samples)
+        # good-plain: garbage, then a valid answer once told what was wrong
+        assert results[0].status == "ok"
+        # good-math: garbage three times (1 + 2 retries): recorded as malformed, never a pass or a fail
+        assert results[1].status == "malformed" and "holds no JSON object" in results[1].error
+        assert sum("17 * 23" in json.dumps(b) for b in server.bodies) == 3
+
+
+def test_unreachable_judge_leaves_samples_unjudged(tmp_path):
+    with FakeOpenAI(lambda body, attempt: (500, None)) as server:
+        url = server.url
+    audits, kept, stderr = run_filter(tmp_path, "--judge", url, "--judge-model", "judge", "--judge-retries", "0")
+    assert audits["good-plain"]["verdict"] == "unjudged" and "good-plain" not in kept
+    assert audits["bad-arithmetic"]["verdict"] == "reject"  # rule verdicts still stand
+    assert "unjudged" in stderr
+
+
+def test_answer_validation():
+    assert parse_answer(answer_json(3))[0]["correctness"] == 3
+    assert parse_answer("no json here")[0] is None
+    assert "integer from 1 to 5" in parse_answer(answer_json(6))[1]
+    assert "true or false" in parse_answer(answer_json(5, hallucination="no"))[1]
+    assert "integer from 1 to 5" in parse_answer(answer_json(True))[1]
+
+
+def test_logprob_expectation_hand_checked():
+    text = answer_json(4)
+    tokens = [TokenChoice(ch, {ch: 0.0}) for ch in text]
+    position = text.index('"correctness": 4') + len('"correctness": ')
+    tokens[position] = TokenChoice("4", {"4": math.log(0.5), "3": math.log(0.25), "5": math.log(0.2), "x": math.log(0.05)})
+    scores = expected_scores(ChatReply(text, tokens), json.loads(text))
+    assert scores["correctness"] == pytest.approx((4 * 0.5 + 3 * 0.25 + 5 * 0.2) / 0.95)
+    assert scores["naturalness"] == 4.0
+    assert expected_scores(ChatReply(text, None), json.loads(text)) is None
+
+
+@pytest.mark.parametrize("text, wrong", [
+    ("17 * 23 = 391", False), ("17 * 23 = 381", True), ("1,234 + 5 = 1,239", False), ("10 / 4 = 2.5", False),
+    ("10 / 3 = 3.33", False), ("10 / 3 = 3.4", True), ("(2 + 3) * 4 = 20", False), ("2^10 = 1024", False),
+    ("m * v^2 / 2 = 17 * 144 / 2 = 1224", False), ("m * v^2 / 2 = 17 * 144 / 2 = 1225", True),
+    ("on 2015-09-22 = Tuesday", False), ("x = 3 + 4 = 8", True), ("3 × 4 = 12", False),
+])
+def test_computation_check(text, wrong):
+    sample = {"messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": text}]}
+    assert bool(check_computation(sample, {})) == wrong, stated_computations(text)
+
+
+@pytest.mark.parametrize("content, truncated", [
+    ("The answer is 22", False), ("SELECT name FROM t;", False), ('{"a": "}"}', False), ('{"a": [1, 2', True),
+    ("```python\nprint(1)\n```", False), ("```python\nprint(1)", True), ("Blue light scatters more because", True),
+])
+def test_truncation_check(content, truncated):
+    sample = {"messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": content}]}
+    assert bool(check_truncated(sample, {})) == truncated
+
+
+def test_normalize_reports_each_change():
+    sample, changes = normalize({"messages": [{"role": "user", "content": "Cafe\u0301\r\n\u200b"}]})
+    assert sample["messages"][0]["content"] == "Café"
+    assert changes == ["messages[0].content: newlines, unicode NFC, invisible characters, surrounding whitespace"]
+
+
+def test_minhash_finds_near_duplicates_and_spares_distinct_text():
+    index = MinHashIndex()
+    base = " ".join(f"word{i}" for i in range(60))
+    assert index.first_copy("a", base) is None
+    assert index.first_copy("b", base.replace("word59", "other")) == "a"
+    assert index.first_copy("c", " ".join(f"term{i}" for i in range(60))) is None
+    assert index.first_copy("d", "too short to judge") is None and index.first_copy("e", "too short to judge") is None
+
+
+def test_shards_then_dedup_equal_one_run(tmp_path):
+    sft = REPO / "examples" / "data" / "chat" / "sft.jsonl.zst"
+    common = ["--run-dir", tmp_path / "runs", "--checks", "schema,tool_calls,leakage,exact_dedup"]
+    granite("filter", sft, "-o", tmp_path / "all.jsonl", "--audit", tmp_path / "all-audit.jsonl", *common, check=True)
+    for index in (0, 1):
+        granite("filter", sft, "-o", tmp_path / f"part{index}.jsonl", "--audit", tmp_path / f"audit{index}.jsonl",
+                "--shard-index", index, "--num-shards", 2, *common, check=True)
+    granite("filter", "dedup", tmp_path / "part0.jsonl", tmp_path / "part1.jsonl", "-o", tmp_path / "merged.jsonl",
+            "--audit", tmp_path / "dedup-audit.jsonl", "--checks", "exact_dedup", "--run-dir", tmp_path / "runs", check=True)
+
+    def contents(path):
+        return sorted(json.dumps([json.loads(line).get(k) for k in ("tools", "documents", "messages")])
+                      for line in path.read_text().splitlines())
+
+    merged = contents(tmp_path / "merged.jsonl")
+    assert merged == contents(tmp_path / "all.jsonl") and len(merged) == len(set(merged))
+    report = json.loads(granite("filter", "report", tmp_path / "audit0.jsonl", tmp_path / "audit1.jsonl", "--json", "-",
+                                check=True).stdout)
+    assert report["total"] == 2157 and report["rules"]["leakage"] == 39
+
+
+def test_bad_usage_is_exit_2(tmp_path):
+    for args in (["--checks", "schema,nonsense"], ["--judge", "/no/such/model"], ["--judge", "http://127.0.0.1:9/v1"],
+                 ["--accept-at", "2", "--reject-below", "3"], ["--set", "length.max_tokens"], ["--borderline", "maybe"]):
+        result = granite("filter", LABELLED, "--audit", tmp_path / "a.jsonl", "--run-dir", tmp_path, *args)
+        assert result.returncode == 2, (args, result.stderr.decode())
+
+
+def test_local_model_judge_gives_logprobs_and_never_passes_garbage(checkpoint):
+    from granite_cli.llm_client import LocalChat
+
+    backend = LocalChat(str(checkpoint))
+    [reply] = backend.chat_many([[{"role": "user", "content": "Grade this."}]], max_tokens=6, logprobs=True)
+    assert 0 < len(reply.tokens) <= 6 and all(len(t.alternatives) == 5 for t in reply.tokens)
+    assert all(lp <= 0 for t in reply.tokens for lp in t.alternatives.values())
+    samples = [s for s in labelled() if s["id"] == "good-math"]
+    [result] = Judge(backend, JudgeCache(None), retries=1).judge(samples)
+    assert result.status == "malformed"  # an untrained model's babble is recorded as such
+
+
+def test_bundled_sft_defects_are_caught(tmp_path):
+    """Every labelled defect of the bundled SFT data a rule can see is rejected by the right check; clean samples
+    are rejected only as duplicates. Wrong final answers need a judge and are left to it."""
+    from stages.filter.dedup import exact_key
+
+    sft = REPO / "examples" / "data" / "chat" / "sft.jsonl.zst"
+    kept_path, audit_path = tmp_path / "kept.jsonl", tmp_path / "audit.jsonl"
+    granite("filter", sft, "-o", kept_path, "--audit", audit_path, "--run-dir", tmp_path / "runs", check=True)
+    from granite_cli.records import read_records
+
+    samples = {s["id"]: s for s in read_records([str(sft)])}
+    audits = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    expected_check = {"template_leak": "leakage", "wrong_computation": "computation", "ungrounded": "grounding",
+                      "unknown_tool": "tool_calls", "bad_arguments": "tool_calls"}
+    kept_keys = [exact_key(json.loads(line)) for line in kept_path.read_text().splitlines()]
+    assert len(kept_keys) == len(set(kept_keys))
+    for audit in audits:
+        defect = (samples[audit["id"]].get("meta") or {}).get("defect")
+        checks = {r["rule"] for r in audit["reasons"]}
+        if defect in expected_check:
+            assert expected_check[defect] in checks, audit
+        elif defect is None or defect == "duplicate":
+            assert checks <= {"exact_dedup", "near_dedup"}, audit
