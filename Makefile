@@ -52,6 +52,9 @@ all: install eval-data
 	    --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64 || exit 1; \
 	done
 	$(GRANITE) info runs/$(RECIPE)/checkpoints/pretrain-phase-4
+	# SFT data curation: the deterministic checks and dedup (an LLM judge needs a served model: see README)
+	$(GRANITE) filter examples/data/chat/sft.jsonl.zst --recipe $(RECIPE) \
+	  -o runs/$(RECIPE)/filter/kept.jsonl.zst --audit runs/$(RECIPE)/filter/audit.jsonl
 	$(GRANITE) eval table --recipe $(RECIPE)
 
 # Side-by-side measurements with the tools a user would otherwise pick (their packages are installed here only).
@@ -64,6 +67,7 @@ bench: install
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_pretrain.py
 	$(PY) benchmarks/bench_eval_agreement.py
+	$(PY) benchmarks/bench_filter.py
 
 clean:
 	rm -rf runs .pytest_cache

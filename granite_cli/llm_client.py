@@ -121,21 +121,9 @@ class LocalChat:
     """A local checkpoint directory (ours or any transformers causal LM with a chat template)."""
 
     def __init__(self, path: str, device: str = "auto", batch_size: int = 8):
-        import torch
+        from model.checkpoint import load_for_generation
 
-        from granite_cli.tokenizer_io import load_tokenizer
-        from model.checkpoint import load_model
-
-        if not (Path(path) / "config.json").exists():
-            raise BadInput("not a model directory (no config.json)", path)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = load_model(Path(path), dtype=dtype).to(self.device).eval()
-        self.tokenizer = load_tokenizer(path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model, self.tokenizer, self.device = load_for_generation(Path(path), device)
         self.batch_size = batch_size
         self.identity = f"local:{Path(path).resolve().name}:{_weights_digest(Path(path))}"
 

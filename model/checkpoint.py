@@ -78,6 +78,22 @@ def load_model(directory: Path, dtype=None):
     return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
 
 
+def load_for_generation(directory: Path, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer, device) ready for batched generation: eval mode, bf16 on GPU (or as asked), left padding."""
+    import torch
+
+    from granite_cli.tokenizer_io import load_tokenizer
+
+    chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    torch_dtype = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and chosen.type == "cuda")) else torch.float32
+    model = load_model(Path(directory), dtype=torch_dtype).to(chosen).eval()
+    tokenizer = load_tokenizer(str(directory))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, chosen
+
+
 def read_lineage(directory: Path) -> list[dict]:
     path = Path(directory) / LINEAGE
     return json.loads(path.read_text()) if path.exists() else []

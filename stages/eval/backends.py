@@ -29,20 +29,10 @@ class LocalModel:
     """A local checkpoint directory; prompts are batched by length so padding stays small."""
 
     def __init__(self, path: str, device: str = "auto", batch_size: int = 16, dtype: str = "auto"):
-        import torch
-
-        from granite_cli.tokenizer_io import load_tokenizer
-        from model.checkpoint import load_model
+        from model.checkpoint import load_for_generation
 
         self.name = str(Path(path).resolve())
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
-        torch_dtype = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and self.device.type == "cuda")) else torch.float32
-        self.model = load_model(Path(path), dtype=torch_dtype).to(self.device).eval()
-        self.tokenizer = load_tokenizer(path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model, self.tokenizer, self.device = load_for_generation(Path(path), device, dtype)
         self.batch_size = batch_size
         self.max_length = getattr(self.model.config, "max_position_embeddings", 4096)
 

@@ -1,15 +1,15 @@
 """Global deduplication of chat samples: exact (a hash of tools, documents and messages) and near (MinHash LSH).
 
 Near duplicates are found over what the assistant says, as word 5-gram shingles, with 112 MinHash
-permutations split into 14 bands of 8 rows (datatrove's defaults): two samples whose shingle sets
-have Jaccard similarity s share a band with probability 1 - (1 - s^8)^14, which is 0.5 at s ≈ 0.72,
-0.95 at s = 0.8 and under 0.01 at s = 0.5. Answers shorter than `min_words` words are only
+multiply-shift hash functions split into 14 bands of 8 rows (datatrove's defaults): two samples whose shingle sets
+have Jaccard similarity s share a band with probability 1 - (1 - s^8)^14, which is 0.5 at s ≈ 0.69,
+0.92 at s = 0.8 and 0.05 at s = 0.5. Answers shorter than `min_words` words are only
 exact-deduplicated: a handful of shingles makes MinHash noise, and short canned answers ("I am
 Granite, ...") legitimately follow many different prompts.
 
-Memory: the exact index holds a 16-byte digest per kept sample, the near index one 8-byte key per
-band (14 per kept sample) in Python dicts, which is about 1.6 KB per kept sample all told
-(measured by benchmarks/bench_filter.py); a run over 4M samples needs about 6.5 GB.
+Memory: the exact index holds a 16-byte digest per kept sample and the near index one 64-bit key per
+band (14 per kept sample), in Python dicts: about 0.75 KB per kept sample all told (measured by
+benchmarks/bench_filter.py), so a run over 4M samples needs about 3 GB.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 import orjson
 import xxhash
 
-_MERSENNE_61 = np.uint64((1 << 61) - 1)
 _WORD = re.compile(r"\w+")
 
 
@@ -49,8 +48,8 @@ class MinHashIndex:
         self.ngram, self.bands, self.rows, self.min_words = ngram, bands, rows, min_words
         rng = np.random.default_rng(seed)
         permutations = bands * rows
-        self.a = rng.integers(1, 1 << 32, permutations, dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 32, permutations, dtype=np.uint64)
+        self.a = rng.integers(0, 1 << 64, permutations, dtype=np.uint64, endpoint=False) | np.uint64(1)  # odd multipliers
+        self.b = rng.integers(0, 1 << 64, permutations, dtype=np.uint64, endpoint=False)
         self.buckets: list[dict[int, str]] = [{} for _ in range(bands)]
 
     def signature(self, text: str) -> np.ndarray | None:
@@ -59,9 +58,10 @@ class MinHashIndex:
         if len(words) < max(self.min_words, self.ngram):
             return None
         shingles = {" ".join(words[i:i + self.ngram]) for i in range(len(words) - self.ngram + 1)}
-        hashes = np.fromiter((xxhash.xxh32_intdigest(s.encode()) for s in shingles), dtype=np.uint64, count=len(shingles))
-        # (a*h + b) mod 2^61-1 stays inside uint64: a, b and h are all below 2^32
-        return ((hashes[:, None] * self.a + self.b) % _MERSENNE_61).min(axis=0)
+        hashes = np.fromiter((xxhash.xxh64_intdigest(s.encode()) for s in shingles), dtype=np.uint64, count=len(shingles))
+        # multiply-shift hashing: (a*h + b) mod 2^64 (numpy's uint64 wraps), keep the high 32 bits
+        with np.errstate(over="ignore"):
+            return ((hashes[:, None] * self.a + self.b) >> np.uint64(32)).min(axis=0)
 
     def band_keys(self, signature: np.ndarray) -> list[int]:
         return [xxhash.xxh64_intdigest(band.tobytes()) for band in signature.reshape(self.bands, self.rows)]

@@ -46,27 +46,23 @@ def normalize_text(text: str) -> tuple[str, list[str]]:
 
 def normalize(sample: dict) -> tuple[dict, list[str]]:
     """The sample with every message and document text normalized, and a list of what changed where."""
-    changes = []
-    messages = []
-    for i, message in enumerate(sample.get("messages") or []):
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            content, changed = normalize_text(message["content"])
-            if changed:
-                changes.append(f"messages[{i}].content: {', '.join(changed)}")
-                message = {**message, "content": content}
-        messages.append(message)
-    documents = []
-    for i, document in enumerate(sample.get("documents") or []):
-        if isinstance(document, dict) and isinstance(document.get("text"), str):
-            text, changed = normalize_text(document["text"])
-            if changed:
-                changes.append(f"documents[{i}].text: {', '.join(changed)}")
-                document = {**document, "text": text}
-        documents.append(document)
-    out = {**sample, "messages": messages}
+    changes: list[str] = []
+    out = {**sample, "messages": _normalized(sample.get("messages") or [], "messages", "content", changes)}
     if "documents" in sample:
-        out["documents"] = documents
+        out["documents"] = _normalized(sample.get("documents") or [], "documents", "text", changes)
     return out, changes
+
+
+def _normalized(items: list, name: str, key: str, changes: list[str]) -> list:
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get(key), str):
+            text, changed = normalize_text(item[key])
+            if changed:
+                changes.append(f"{name}[{i}].{key}: {', '.join(changed)}")
+                item = {**item, key: text}
+        out.append(item)
+    return out
 
 
 # ------------------------------------------------------------------ helpers
