@@ -15,11 +15,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -29,9 +25,10 @@ import typer
 from granite_cli import cli
 from granite_cli.console import console
 from granite_cli.errors import BadInput
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
+from granite_cli.training_run import (CheckpointEveryOption, CompileOption, EvalEveryOption, KeepLastOption, LogEveryOption,
+                                      MicroBatchOption, OverwriteOption, ParallelOption, PeakTflopsOption, PrecisionOption,
+                                      ResumeOption, Validator, checkpoint_writer, finish, input_record, prepare_output,
+                                      train_settings, work_directory)
 
 def pretrain_command(
     shards: Optional[list[str]] = typer.Argument(None, help="Token shard directories (granite tokenize). Default: <run-dir>/shards/phase-N."),
@@ -51,21 +48,21 @@ def pretrain_command(
     schedule: Optional[str] = typer.Option(None, "--schedule", help="LR schedule: constant, linear, cosine, exponential, power, wsd."),
     batch_tokens: Optional[str] = typer.Option(None, "--batch-tokens", help="Tokens per optimizer step (global batch). Default: the recipe's."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training sequence length. Default: the recipe's."),
-    micro_batch: int = typer.Option(16, "--micro-batch", help="Sequences per forward/backward on each process (gradient accumulation covers the rest)."),
+    micro_batch: int = MicroBatchOption,
     val_data: Optional[str] = typer.Option(None, "--val-data", help="Held-out shard directory. Default: <run-dir>/shards/heldout, else 2%% of the windows."),
     val_tokens: str = typer.Option("64K", "--val-tokens", help="Tokens of held-out data per validation."),
-    eval_every: int = typer.Option(0, "--eval-every", help="Validate every N steps (0: only at the end)."),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps (0: only the final one)."),
-    keep_last: int = typer.Option(2, "--keep-last", help="Step checkpoints to keep."),
-    log_every: int = typer.Option(10, "--log-every", help="Steps between metrics lines."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last step checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint or interrupted run."),
+    eval_every: int = EvalEveryOption,
+    checkpoint_every: int = CheckpointEveryOption,
+    keep_last: int = KeepLastOption,
+    log_every: int = LogEveryOption,
+    resume: bool = ResumeOption,
+    overwrite: bool = OverwriteOption,
     seed: int = cli.SeedOption,
-    precision: str = typer.Option("auto", "--precision", help="fp32, bf16 (autocast), or auto: bf16 on a GPU that has it, else fp32."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    parallel: str = typer.Option("ddp", "--parallel", help="Under torchrun: ddp or fsdp (FSDP2 fully_shard per layer)."),
+    precision: str = PrecisionOption,
+    compile: bool = CompileOption,
+    parallel: str = ParallelOption,
     device: str = cli.DeviceOption,
-    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="Device peak for MFU, in TFLOP/s. Default: measured at start."),
+    peak_tflops: Optional[float] = PeakTflopsOption,
 ) -> None:
     """Pre-train (or continue pre-training) a Granite model on token shards for one recipe phase."""
     from granite_cli import distributed
@@ -77,7 +74,7 @@ def pretrain_command(
     seq = seq_len or int(training.get("seq_len", 4096))
     global_batch = max(1, parse_count(batch_tokens or training.get("batch_tokens", "4M"), "--batch-tokens") // seq)
     out = Path(output) if output else loaded.run_dir / "checkpoints" / f"pretrain-phase-{phase}"
-    workdir = out.with_name(f".{out.name}.partial")
+    workdir = work_directory(out)
     prepare_output(out, workdir, resume, overwrite)
     parent = resolve_parent(init_from, loaded.run_dir, phase)
     tokenizer_dir = Path(parent or tokenizer or loaded.run_dir / "tokenizer")
@@ -96,43 +93,32 @@ def pretrain_command(
             raise BadInput(f"the shards hold {windows.count} windows of {seq + 1} tokens: fewer than one batch of "
                            f"{global_batch}; lower --batch-tokens or --seq-len, or add data")
         model, lineage = build_model(parent, preset or loaded.raw.get("model", {}).get("preset", "tiny-2m"), tok, seq, seed)
-        settings = train_settings(spec, training, lineage, n_steps, global_batch, min(micro_batch, global_batch), seq,
-                                  lr, warmup, schedule, model, dist, precision, compile, parallel, peak_tflops,
-                                  log_every, eval_every, checkpoint_every, keep_last)
+        sched, offset = phase_schedule(spec, lineage, n_steps * global_batch * seq, lr, warmup, schedule)
+        settings = train_settings(sched, training, offset=offset, n_steps=n_steps, global_batch=global_batch,
+                                  micro_batch=min(micro_batch, global_batch), seq=seq, model=model, dist=dist,
+                                  precision=precision, compile=compile, parallel=parallel, peak_tflops=peak_tflops,
+                                  log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                                  keep_last=keep_last)
         report_plan(phase, model, settings, windows, parent, dist)
         from granite_cli.trainer import Trainer
 
         workdir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(model, settings, windows, dist, workdir, save=checkpoint_writer(model.config, tokenizer_dir, lineage))
-        trainer.validation = Validator(val_windows, parse_count(val_tokens, "--val-tokens"), min(micro_batch, 16),
-                                       tok["byte_lengths"], dist, trainer.autocast)
+        trainer.validation = window_validator(val_windows, parse_count(val_tokens, "--val-tokens"), min(micro_batch, 16),
+                                              tok["byte_lengths"], dist, trainer.autocast)
         if resume and not trainer.resume():
             console.print("no step checkpoint to resume from: starting from the beginning")
         summary = trainer.run()
-        finish(trainer, out, workdir, lineage, {
+        finish(trainer, "pretrain", out, workdir, lineage, {
             "phase": phase, "recipe": loaded.name, "steps": n_steps, "seq_len": seq, "global_batch": global_batch,
             "seed": seed, "schedule": settings.schedule.__class__.__name__, "command": sys.argv,
-        }, shard_dirs, tokenizer_dir, summary)
+        }, [input_record(d, d / "manifest.json") for d in shard_dirs], tokenizer_dir, summary)
         distributed.barrier(dist)  # rank 0 writes the checkpoint while the others wait for it
     finally:
         distributed.teardown(dist)
 
 
 # ------------------------------------------------------------------ settings and inputs
-def prepare_output(out: Path, workdir: Path, resume: bool, overwrite: bool) -> None:
-    from model.checkpoint import is_checkpoint
-
-    if overwrite:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return
-    if is_checkpoint(out) and not resume:
-        raise BadInput("a finished checkpoint is already there; pass --overwrite to train it again", str(out))
-    if workdir.exists() and not (workdir / "checkpoints").exists():
-        shutil.rmtree(workdir)  # a run that stopped before its first checkpoint left nothing to resume
-    if workdir.exists() and not resume:
-        raise BadInput(f"an interrupted run is in {workdir}: pass --resume to continue it, or --overwrite to start over")
-
-
 def resolve_parent(init_from: Optional[str], run_dir: Path, phase: int) -> Optional[Path]:
     from model.checkpoint import is_checkpoint
 
@@ -227,13 +213,9 @@ def lineage_tokens_and_lr(lineage: list[dict]) -> tuple[int, Optional[float]]:
     return tokens, last_lr
 
 
-def train_settings(spec, training, lineage, n_steps, global_batch, micro_batch, seq, lr, warmup, schedule_name, model,
-                   dist, precision, compile, parallel, peak_tflops, log_every, eval_every, checkpoint_every, keep_last):
-    from granite_cli.flops import flops_per_token, measure_peak_flops
+def phase_schedule(spec, lineage: list[dict], total_tokens: int, lr, warmup, schedule_name):
+    """The phase's LR schedule: the recipe's table, flags on top, continuing the lineage's token count and last LR."""
     from granite_cli.schedules import build_schedule
-    from granite_cli.trainer import TrainSettings
-
-    import torch
 
     offset, parent_lr = lineage_tokens_and_lr(lineage)
     table = dict(spec.schedule)
@@ -241,22 +223,8 @@ def train_settings(spec, training, lineage, n_steps, global_batch, micro_batch, 
         table["name"] = schedule_name
     if warmup is not None:
         table["warmup"] = warmup
-    total_tokens = n_steps * global_batch * seq
     peak = lr if lr is not None else (table.get("peak_lr") or parent_lr)
-    sched = build_schedule(table, peak, total_tokens, offset)
-    if precision not in PRECISIONS:
-        raise BadInput(f"--precision must be one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = "bf16" if dist.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    peak_flops = peak_tflops * 1e12 if peak_tflops else measure_peak_flops(dist.device, dtype)
-    return TrainSettings(
-        steps=n_steps, global_batch=global_batch, micro_batch=micro_batch, seq_len=seq, schedule=sched,
-        tokens_offset=offset, weight_decay=float(training.get("weight_decay", 0.1)),
-        betas=tuple(training.get("betas", (0.9, 0.95))), grad_clip=float(training.get("grad_clip", 1.0)),
-        log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every, keep_last=keep_last,
-        precision=precision, compile=compile, parallel=parallel, peak_flops=peak_flops,
-        flops_per_token=flops_per_token(model.config, seq))
+    return build_schedule(table, peak, total_tokens, offset), offset
 
 
 def report_plan(phase, model, settings, windows, parent, dist) -> None:
@@ -333,75 +301,8 @@ class TokenWindows:
         return self.rows(positions)
 
 
-class Validator:
-    """Validation loss and bits per byte on `tokens` of held-out windows: a seeded sample, the same every time."""
-
-    def __init__(self, windows: TokenWindows, tokens: int, micro_batch: int, byte_lengths, dist, autocast):
-        self.windows, self.micro, self.dist, self.autocast = windows, micro_batch, dist, autocast
-        self.byte_lengths = byte_lengths
-        count = min(windows.count, max(1, tokens // windows.seq_len))
-        self.count = count - count % dist.world  # equal work on every rank (FSDP needs matching forwards)
-
-    def __call__(self, model) -> dict:
-        import torch
-
-        from granite_cli.distributed import all_reduce_sum
-        from granite_cli.trainer import cross_entropy_sum
-
-        if self.count == 0:
-            return {}
-        sample = self.windows.order(0)[:self.count].tolist()
-        mine = sample[self.dist.rank::self.dist.world]
-        totals = torch.zeros(3, dtype=torch.float64)
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(mine), self.micro):
-                batch = self.windows.rows(mine[start:start + self.micro])
-                micro = {k: v.to(self.dist.device) for k, v in batch.items()}
-                with self.autocast():
-                    totals[0] += float(cross_entropy_sum(model, micro))
-                totals[1] += batch["labels"].numel()
-                totals[2] += float(self.byte_lengths[batch["labels"].numpy()].sum())
-        model.train()
-        all_reduce_sum(totals, self.dist)
-        loss = float(totals[0] / totals[1])
-        return {"val_loss": loss, "val_bpb": float(totals[0] / (math.log(2) * max(totals[2], 1))),
-                "val_tokens": int(totals[1])}
-
-
-# ------------------------------------------------------------------ checkpoints
-def checkpoint_writer(config, tokenizer_dir: Path, lineage: list[dict]):
-    from model.checkpoint import save_checkpoint
-
-    def save(directory: Path, model_state: dict, trainer_state: Optional[dict]) -> None:
-        save_checkpoint(directory, model_state, config, tokenizer_dir, lineage, trainer_state)
-
-    return save
-
-
-def finish(trainer, out: Path, workdir: Path, lineage: list[dict], arguments: dict, shard_dirs: list[Path],
-           tokenizer_dir: Path, summary: dict) -> None:
-    """Write the final checkpoint with its lineage entry, then move the run into place under `out`."""
-    from granite_cli import distributed
-    from model.checkpoint import lineage_entry, save_checkpoint
-
-    model_state = distributed.full_model_state(trainer.wrapped)
-    state = trainer.trainer_state()
-    if not trainer.dist.main:
-        return
-    inputs = [{"path": str(d.resolve()), "manifest_sha256": hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()}
-              for d in shard_dirs]
-    metrics = {k: v for k, v in summary.items() if k in ("loss", "val_loss", "val_bpb", "tokens_per_second", "mfu", "wall_seconds")}
-    metrics.update(tokens=trainer.tokens, steps=trainer.step, final_lr=trainer.last_lr)
-    entry = lineage_entry("pretrain", arguments, inputs, metrics)
-    final = workdir / "final"
-    save_checkpoint(final, model_state, trainer.model.config, tokenizer_dir, lineage + [entry], state)
-    for name in ("checkpoints", "metrics.jsonl"):
-        if (workdir / name).exists():
-            os.replace(workdir / name, final / name)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(final, out)
-    shutil.rmtree(workdir)
-    console.print(f"wrote [bold]{out}[/]: loss {metrics.get('loss', float('nan')):.4f}, "
-                  f"val loss {metrics.get('val_loss', float('nan')):.4f}, val bpb {metrics.get('val_bpb', float('nan')):.4f}")
+def window_validator(windows: TokenWindows, tokens: int, micro_batch: int, byte_lengths, dist, autocast) -> Validator:
+    """Validation on `tokens` of held-out windows: a seeded sample, the same at every validation."""
+    count = min(windows.count, max(1, tokens // windows.seq_len))
+    sample = windows.order(0)[:count].tolist()
+    return Validator(lambda indices: windows.rows([sample[i] for i in indices]), count, micro_batch, dist, autocast, byte_lengths)
