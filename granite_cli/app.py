@@ -13,10 +13,10 @@ import typer
 
 from granite_cli import recipe_cmd
 from granite_cli.errors import GraniteError
-from granite_cli import info_cmd
+from granite_cli import chat_cmd, info_cmd
 from stages import eval as eval_stage
 from stages import filter as filter_stage
-from stages import mix, pretrain, tokenize
+from stages import mix, pretrain, sft, tokenize
 
 app = typer.Typer(
     name="granite",
@@ -31,7 +31,9 @@ app.command("mix")(mix.mix_command)
 app.add_typer(tokenize.app, name="tokenize")
 app.command("pretrain")(pretrain.pretrain_command)
 app.add_typer(filter_stage.app, name="filter")
+app.command("sft")(sft.sft_command)
 app.command("info")(info_cmd.info_command)
+app.command("chat")(chat_cmd.chat_command)
 app.add_typer(eval_stage.app, name="eval")
 
 

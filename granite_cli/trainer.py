@@ -71,7 +71,8 @@ class Trainer:
     save: Callable[[Path, dict, Optional[dict]], None]
     validation: Optional[Callable[[object], dict]] = None
     step: int = 0
-    tokens: int = 0
+    tokens: int = 0  # tokens processed (inputs, padding included): what the schedule, throughput and MFU count
+    trained_tokens: int = 0  # target tokens the loss was taken over
     optimizer: object = field(init=False, default=None)
     last_lr: float = 0.0
 
@@ -100,13 +101,15 @@ class Trainer:
         with progress(transient=False) as bar:
             task = bar.add_task("train", total=s.steps, completed=self.step, rate="")
             while self.step < s.steps:
-                loss, grad_norm, n_tokens = self.train_step()
+                loss, grad_norm, targets, n_tokens = self.train_step()
                 self.step += 1
                 self.tokens += n_tokens
+                self.trained_tokens += targets
                 window_tokens += n_tokens
                 if self.step % s.log_every == 0 or self.step == s.steps:
                     elapsed = time.perf_counter() - window_start
-                    last = self.log({"step": self.step, "tokens": self.tokens, "loss": loss, "lr": self.last_lr,
+                    last = self.log({"step": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
+                                     "loss": loss, "lr": self.last_lr,
                                      "grad_norm": grad_norm, **self.speed(window_tokens, elapsed)})
                     window_start, window_tokens = time.perf_counter(), 0
                     bar.update(task, rate=f"loss {loss:.3f}  lr {self.last_lr:.2e}  {last['tokens_per_second']:,.0f} tok/s")
@@ -118,7 +121,8 @@ class Trainer:
         last["wall_seconds"] = time.perf_counter() - started
         return last
 
-    def train_step(self) -> tuple[float, float, int]:
+    def train_step(self) -> tuple[float, float, int, int]:
+        """One optimizer step: (mean loss over target tokens, gradient norm, target tokens, tokens processed)."""
         import torch
 
         s = self.settings
@@ -145,7 +149,7 @@ class Trainer:
             group["lr"] = self.last_lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss_sum) / targets, float(grad_norm), targets
+        return float(loss_sum) / targets, float(grad_norm), targets, int(batch["input_ids"].numel())
 
     def position(self) -> float:
         """Where the schedule is: tokens (or steps) since the first run of the lineage."""
@@ -178,7 +182,7 @@ class Trainer:
     def trainer_state(self) -> dict:
         import torch
 
-        return {"step": self.step, "tokens": self.tokens, "last_lr": self.last_lr,
+        return {"step": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens, "last_lr": self.last_lr,
                 "optimizer": distributed.full_optimizer_state(self.wrapped, self.optimizer),
                 "torch_rng": torch.get_rng_state()}
 
@@ -212,6 +216,7 @@ class Trainer:
         distributed.load_optimizer_state(self.wrapped, self.optimizer, state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.tokens, self.last_lr = state["step"], state["tokens"], state["last_lr"]
+        self.trained_tokens = state.get("trained_tokens", self.tokens)
         truncate_metrics(self.metrics_path, self.step)
         console.print(f"resumed from {latest} (step {self.step})")
         return True

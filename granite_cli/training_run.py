@@ -79,7 +79,7 @@ def finish(trainer, stage: str, out: Path, workdir: Path, lineage: list[dict], a
     model_state = distributed.full_model_state(trainer.wrapped)
     state = trainer.trainer_state()
     metrics = {k: v for k, v in summary.items() if k in ("loss", "val_loss", "val_bpb", "tokens_per_second", "mfu", "wall_seconds")}
-    metrics.update(tokens=trainer.tokens, steps=trainer.step, final_lr=trainer.last_lr)
+    metrics.update(tokens=trainer.tokens, trained_tokens=trainer.trained_tokens, steps=trainer.step, final_lr=trainer.last_lr)
     if not trainer.dist.main:
         return metrics
     entry = lineage_entry(stage, arguments, inputs, metrics)
