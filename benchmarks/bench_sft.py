@@ -97,14 +97,14 @@ def run_trl(data: Path) -> dict:
     timer = StepTimes()
     config = SFTConfig(output_dir=str(WORK / "sft-trl"), max_length=SEQ, packing=True, packing_strategy="bfd",
                        assistant_only_loss=True, per_device_train_batch_size=1, gradient_accumulation_steps=BATCH,
-                       num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear", warmup_ratio=0.03,
+                       num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0.03,
                        weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                        dataloader_num_workers=0, seed=0)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          callbacks=[timer])
-    masks = trainer.train_dataset["assistant_masks"]
-    trained = sum(sum(m) for m in masks)
-    packed = len(masks)
+    labels = trainer.train_dataset["labels"]  # -100 outside assistant turns; the model shifts them by one
+    trained = sum(sum(1 for label in row if label != -100) for row in labels)
+    packed = len(labels)
     trainer.train()
     per_step = trained / max(1, len(timer.times))
     return {"steps": len(timer.times), "packed_sequences": packed, "trained_tokens_per_epoch": trained,
