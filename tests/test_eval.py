@@ -161,3 +161,31 @@ def test_endpoint_backend_with_retries(tmp_path):
         prompt = backend.chat_prompt([{"role": "user", "content": "12 * 3?"}])
         [output] = backend.generate([GenerationRequest(prompt, 32)])
     assert output == "The answer is 36." and len(server.bodies) == 2
+
+
+def plus_items(name, file):
+    return [json.loads(line) for line in (FIXTURES / name / file).read_text().splitlines()]
+
+
+def test_evalplus_canonical_solutions_pass_and_base_only_answers_fail():
+    from stages.eval.tasks import humaneval_plus_score, mbpp_plus_score
+
+    add_up, middle = plus_items("humaneval_plus", "HumanEvalPlus.jsonl")
+    for item in (add_up, middle):
+        assert humaneval_plus_score(item, item["canonical_solution"])["pass@1"] == 1.0
+    # right on the base inputs, wrong on the plus ones (the empty list, float rounding, the empty word)
+    assert humaneval_plus_score(add_up, "    return float(numbers[0] + numbers[-1]) if len(numbers) > 1 else float(numbers[0])\n")["pass@1"] == 0.0
+    assert humaneval_plus_score(add_up, "    return round(sum(numbers), 1)\n")["pass@1"] == 0.0
+    assert humaneval_plus_score(middle, "    return word[(len(word) - 1) // 2]\n")["pass@1"] == 0.0
+    assert humaneval_plus_score(middle, "    while True:\n        pass\n", timeout=2)["status"] == "timeout"
+    [largest] = plus_items("mbpp_plus", "MbppPlus.jsonl")
+    assert mbpp_plus_score(largest, f"```python\n{largest['canonical_solution']}```")["pass@1"] == 1.0
+    assert mbpp_plus_score(largest, "def largest(xs):\n    return max(xs)\n")["pass@1"] == 0.0
+
+
+def test_evalplus_tasks_run_from_the_cli(checkpoint, tmp_path):
+    granite("eval", checkpoint, "--tasks", "humaneval_plus,mbpp_plus", "--data-dir", FIXTURES, "-o", tmp_path / "out",
+            "--max-new-tokens", "8", check=True)
+    tasks = json.loads((tmp_path / "out" / "results.json").read_text())["tasks"]
+    assert tasks["humaneval_plus"]["n"] == 2 and tasks["mbpp_plus"]["n"] == 1
+    assert tasks["humaneval_plus"]["main_metric"] == "pass@1"

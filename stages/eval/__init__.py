@@ -46,7 +46,7 @@ TASK_MAIN_METRIC = {"mt_bench": "rating", "gsm8k": "exact_match_strict", "ruler"
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
-    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, bbh, deepmind_math, humaneval, mbpp, bfcl, ifeval, heldout, heldout_bpb, ruler, mt_bench, arenahard, alpacaeval (these three need --judge), local:PATH.jsonl."),
+    tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, bbh, deepmind_math, humaneval, humaneval_plus, mbpp, mbpp_plus, bfcl, ifeval, heldout, heldout_bpb, ruler, mt_bench, arenahard, alpacaeval (these three need --judge), local:PATH.jsonl."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),

@@ -129,6 +129,50 @@ def mbpp_score(item: dict, output: str, timeout: float = 10.0) -> dict:
     return {"pass@1": float(outcome.passed), "status": outcome.status, "detail": outcome.detail}
 
 
+# ------------------------------------------------------------------ HumanEval+ and MBPP+ (EvalPlus)
+PLUS_HARNESS = """
+import copy as _copy, math as _math
+
+def _same(got, expected, atol):
+    if isinstance(expected, float) or isinstance(got, float):
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            return False
+        if _math.isnan(expected):
+            return _math.isnan(got)
+        return _math.isclose(got, expected, rel_tol=1e-6, abs_tol=max(atol, 1e-6))
+    if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)):
+        return type(got) is type(expected) and len(got) == len(expected) and all(_same(g, e, atol) for g, e in zip(got, expected))
+    return got == expected
+
+_reference_namespace = {{}}
+exec({reference!r}, _reference_namespace)
+_reference = _reference_namespace[{entry_point!r}]
+_candidate = {entry_point}
+for _i, _args in enumerate({inputs!r}):
+    _expected = _reference(*_copy.deepcopy(_args))
+    _got = _candidate(*_copy.deepcopy(_args))
+    assert _same(_got, _expected, {atol!r}), f"input {{_i}}: got {{_got!r:.200}}, expected {{_expected!r:.200}}"
+"""
+
+
+def plus_program(item: dict, candidate: str, reference: str) -> str:
+    """EvalPlus's differential test: the candidate must return what the reference returns on every base and plus input."""
+    inputs = list(item.get("base_input") or []) + list(item.get("plus_input") or [])
+    return candidate + "\n" + PLUS_HARNESS.format(reference=reference, entry_point=item["entry_point"], inputs=inputs,
+                                                  atol=float(item.get("atol") or 0.0))
+
+
+def humaneval_plus_score(item: dict, output: str, timeout: float = 60.0) -> dict:
+    candidate = item["prompt"] + extract_completion(item, output)
+    outcome = run_python(plus_program(item, candidate, item["prompt"] + item["canonical_solution"]), timeout=timeout)
+    return {"pass@1": float(outcome.passed), "status": outcome.status, "detail": outcome.detail}
+
+
+def mbpp_plus_score(item: dict, output: str, timeout: float = 60.0) -> dict:
+    outcome = run_python(plus_program(item, mbpp_code(output), item["canonical_solution"]), timeout=timeout)
+    return {"pass@1": float(outcome.passed), "status": outcome.status, "detail": outcome.detail}
+
+
 def mbpp_question(item: dict) -> str:
     tests = "\n".join(item["test_list"][:3])
     return f"You are an expert Python programmer, and here is your task: {item['text']} Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
@@ -277,6 +321,19 @@ TASKS: dict[str, TaskSpec] = {
         question=lambda item: item["prompt"], template="{question}", score=code_score,
         chat_instruction="Complete the following Python function. Answer with the whole function in a ```python block.\n\n",
         stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_new_tokens=384, item_id=lambda item, i: item["task_id"]),
+    "humaneval_plus": TaskSpec(
+        name="humaneval_plus", description="HumanEval+ (EvalPlus): HumanEval's prompts, the answer checked against the "
+                                           "reference on every base and plus input", kind="code",
+        data=DataSource("humaneval_plus/HumanEvalPlus.jsonl"), question=lambda item: item["prompt"], template="{question}",
+        score=humaneval_plus_score,
+        chat_instruction="Complete the following Python function. Answer with the whole function in a ```python block.\n\n",
+        stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_new_tokens=384, item_id=lambda item, i: item["task_id"]),
+    "mbpp_plus": TaskSpec(
+        name="mbpp_plus", description="MBPP+ (EvalPlus), 0-shot: the answer checked against the reference on every base "
+                                      "and plus input", kind="code",
+        data=DataSource("mbpp_plus/MbppPlus.jsonl"), question=lambda item: item["prompt"], template="{question}",
+        score=mbpp_plus_score, chat_instruction="Answer with the code in a ```python block.\n\n", max_new_tokens=384,
+        item_id=lambda item, i: str(item["task_id"])),
     "mbpp": TaskSpec(
         name="mbpp", description="MBPP, 3-shot (lm-eval's prompt), pass@1, code run in the sandbox", kind="code",
         data=DataSource("mbpp/test.jsonl", ("google-research-datasets/mbpp", "full", "test")),
