@@ -108,7 +108,8 @@ def sft_command(
         model = load_model(parent, dtype=torch.float32)
         if seq > model.config.max_position_embeddings:
             raise BadInput(f"--seq-len {seq} exceeds the model's max_position_embeddings ({model.config.max_position_embeddings})")
-        train = PackedConversations(train_set, seq, global_batch, seed, n_epochs, packing, tokenizer.pad_token_id)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # never trained on
+        train = PackedConversations(train_set, seq, global_batch, seed, n_epochs, packing, pad_id)
         if train.steps < 1:
             raise BadInput(f"{len(train_set)} training conversations pack into {train.rows_per_epoch} sequences: fewer than "
                            f"one batch of {global_batch}; lower --batch-sequences or add data")
@@ -129,7 +130,7 @@ def sft_command(
         workdir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(model, settings, train, dist, workdir, save=checkpoint_writer(model.config, tokenizer_dir, lineage))
         if val_set:
-            val = PackedConversations(val_set, seq, 1, seed, 1, packing, tokenizer.pad_token_id)
+            val = PackedConversations(val_set, seq, 1, seed, 1, packing, pad_id)
             trainer.validation = Validator(val.rows_at, val.rows_per_epoch, min(micro_batch, 16), dist, trainer.autocast)
         if resume and not trainer.resume():
             console.print("no step checkpoint to resume from: starting from the beginning")

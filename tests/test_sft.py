@@ -217,3 +217,29 @@ def test_granite_chat_answers_piped_lines(sft_run):
     result = granite("chat", out, "--max-new-tokens", "5", input=b"Hello\n/reset\nWhat is 2 + 2?\n/exit\n")
     assert result.returncode == 0, result.stderr.decode()
     assert len(result.stdout.decode().splitlines()) == 2  # one streamed answer line per user turn
+
+
+def test_killed_and_resumed_sft_matches_an_uninterrupted_one(sft_run, checkpoint, tmp_path):
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    _, data = sft_run
+    args = [data, "--init-from", checkpoint, "--run-dir", tmp_path / "run", *FAST, "--checkpoint-every", "3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    granite("sft", *args, "-o", straight, check=True)
+    workdir = tmp_path / ".resumed.partial" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "granite_cli", "sft", *map(str, args), "-o", str(resumed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    granite("sft", *args, "-o", resumed, "--resume", check=True)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    curve = lambda path: [{k: v for k, v in m.items() if k not in ("tokens_per_second", "mfu")} for m in metrics(path)]
+    assert curve(straight) == curve(resumed)
