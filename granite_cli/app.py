@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+import typer.core
 
 from granite_cli import recipe_cmd
 from granite_cli.errors import GraniteError
@@ -18,8 +19,19 @@ from stages import eval as eval_stage
 from stages import filter as filter_stage
 from stages import mix, pretrain, sft, tokenize
 
+RECIPE_ORDER = ["recipe", "mix", "tokenize", "pretrain", "filter", "sft", "eval", "chat", "info"]
+
+
+class RecipeOrderGroup(typer.core.TyperGroup):
+    """`granite --help` lists the stages in the order the recipe runs them."""
+
+    def list_commands(self, ctx):
+        return sorted(self.commands, key=lambda name: RECIPE_ORDER.index(name) if name in RECIPE_ORDER else len(RECIPE_ORDER))
+
+
 app = typer.Typer(
     name="granite",
+    cls=RecipeOrderGroup,
     help="IBM's Granite 4.1 training recipe as composable stages. Data goes to stdout, logs to stderr.",
     no_args_is_help=True,
     add_completion=False,
