@@ -243,3 +243,19 @@ def test_killed_and_resumed_sft_matches_an_uninterrupted_one(sft_run, checkpoint
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     curve = lambda path: [{k: v for k, v in m.items() if k not in ("tokens_per_second", "mfu")} for m in metrics(path)]
     assert curve(straight) == curve(resumed)
+
+
+def test_two_processes_match_one(sft_run, checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    _, data = sft_run
+    args = [str(data), "--init-from", str(checkpoint), "--run-dir", str(tmp_path / "run"), *FAST, "--epochs", "1"]
+    granite("sft", *args, "-o", tmp_path / "single", check=True)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                             "-m", "granite_cli", "sft", *args, "-o", str(tmp_path / "double"), "--parallel", "ddp"],
+                            capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    a, b = load_file(str(tmp_path / "single" / "model.safetensors")), load_file(str(tmp_path / "double" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4) for k in a)
+    losses = lambda path: [m["loss"] for m in metrics(path) if "loss" in m]
+    assert losses(tmp_path / "single") == pytest.approx(losses(tmp_path / "double"), rel=1e-4)
