@@ -22,6 +22,21 @@ def granite(*args, input=None, cwd=None, check=False):
     return result
 
 
+def kill_after_first_checkpoint(args, workdir: Path, timeout: float = 120) -> None:
+    """Run `granite ARGS` and SIGKILL it as soon as a step checkpoint is complete in `workdir` (a hard crash mid-run)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "granite_cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     """A small BPE tokenizer trained on the bundled data (the tiny recipe's sources, 200 KB each)."""

@@ -3,16 +3,14 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import granite
+from conftest import granite, kill_after_first_checkpoint
 from test_tokenize import sample_documents, write_jsonl
 
 FAST = ["--preset", "depth-2", "--seq-len", "64", "--batch-tokens", "1024", "--micro-batch", "8", "--peak-tflops", "1",
@@ -81,14 +79,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(run_dir):
 
     resumed = run_dir / "checkpoints" / "resumed"
     workdir = run_dir / "checkpoints" / ".resumed.partial" / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "granite_cli", "pretrain", "--run-dir", str(run_dir), "-o", str(resumed),
-                             *steps, *FAST], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(["pretrain", "--run-dir", run_dir, "-o", resumed, *steps, *FAST], workdir)
     assert not resumed.exists()
     again = granite("pretrain", "--run-dir", run_dir, "-o", resumed, *steps, *FAST)
     assert again.returncode == 2 and "--resume" in again.stderr.decode()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, granite
+from conftest import REPO, granite, kill_after_first_checkpoint
 from granite_cli.errors import BadInput
 from granite_cli.records import read_records
 from granite_cli.trainer import cross_entropy_sum
@@ -220,9 +220,6 @@ def test_granite_chat_answers_piped_lines(sft_run):
 
 
 def test_killed_and_resumed_sft_matches_an_uninterrupted_one(sft_run, checkpoint, tmp_path):
-    import signal
-    import time
-
     from safetensors.torch import load_file
 
     _, data = sft_run
@@ -230,14 +227,7 @@ def test_killed_and_resumed_sft_matches_an_uninterrupted_one(sft_run, checkpoint
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     granite("sft", *args, "-o", straight, check=True)
     workdir = tmp_path / ".resumed.partial" / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "granite_cli", "sft", *map(str, args), "-o", str(resumed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(["sft", *args, "-o", resumed], workdir)
     granite("sft", *args, "-o", resumed, "--resume", check=True)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
