@@ -72,6 +72,8 @@ def print_summary(summary: dict) -> None:
         console.print("judge: none ran (deterministic checks only)")
         return
     console.print("judge: " + ", ".join(f"{n} {status}" for status, n in sorted(judge.items())))
+    if not summary["score_histograms"]:
+        return
     console.print("[bold]judge scores per dimension[/] (assistant turns per score bin)")
     histograms = Table()
     histograms.add_column("dimension")
