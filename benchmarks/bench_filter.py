@@ -5,7 +5,8 @@
 2. Near dedup alone on the same assistant texts: granite's MinHashIndex against datasketch's
    MinHashLSH with the same banding (14 bands x 8 rows, word 5-grams), both in the same streaming
    form (query, then insert if new); duplicates found by each and their overlap.
-3. Dedup index memory per sample (tracemalloc), the number the dedup module documents.
+3. Dedup index memory per sample (tracemalloc), the number the dedup module documents, and the CLI's peak RSS
+   on inputs 4x apart, with and without deduplication (without it, memory must stay flat).
 4. The judge against a loopback OpenAI-compatible server that answers after a fixed delay (a stand-in
    for a model server: this measures the client's concurrency, not a model).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import os
 import random
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, WORK, median_seconds, save  # noqa: E402
 from granite_cli.records import read_records, record_writer, dumps  # noqa: E402
+from stages.filter.curate import OPTIONAL_CHECKS  # noqa: E402
 
 SFT = REPO / "examples" / "data" / "chat" / "sft.jsonl.zst"
 SERVER_DELAY = 0.05
@@ -127,6 +130,21 @@ def bench_index_memory(data: Path) -> dict:
     return {"samples_indexed": len(samples), "bytes_per_sample": size / len(samples)}
 
 
+def bench_peak_rss(copies: int) -> list[dict]:
+    from benchmarks.bench_memory import peak_rss_mb
+
+    rows = []
+    for n in (copies // 4, copies):
+        data = generated_set(n)
+        common = ["filter", str(data), "--audit", os.devnull, "--run-dir", str(WORK / "filter-run")]
+        with open(os.devnull, "wb") as sink:
+            no_dedup = peak_rss_mb(common + ["--checks", ",".join(c for c in OPTIONAL_CHECKS if "dedup" not in c)], sink)
+            dedup = peak_rss_mb(common, sink)
+        rows.append({"samples": sum(1 for _ in read_records([str(data)])), "peak_rss_mb_without_dedup": round(no_dedup, 1),
+                     "peak_rss_mb_with_dedup": round(dedup, 1)})
+    return rows
+
+
 def slow_judge_server():
     answer = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps({
         "instruction_following": 5, "correctness": 5, "completeness": 5, "conciseness": 5, "naturalness": 5,
@@ -179,7 +197,8 @@ def main() -> None:
     data = generated_set(args.copies)
     count = sum(1 for _ in read_records([str(data)]))
     save("filter", {"cli_rules_and_dedup": bench_cli(data, count, args.repeats), "near_dedup": bench_near(data, args.repeats),
-                    "dedup_index_memory": bench_index_memory(data), "judge_endpoint": bench_judge(args.repeats)})
+                    "dedup_index_memory": bench_index_memory(data), "peak_rss": bench_peak_rss(args.copies * 4),
+                    "judge_endpoint": bench_judge(args.repeats)})
 
 
 if __name__ == "__main__":

@@ -128,7 +128,14 @@ def dumps(record: dict) -> bytes:
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`, renamed onto it only if the block succeeds."""
+    """Yield a temporary path beside `final`, renamed onto it only if the block succeeds.
+
+    A `final` that exists but is no regular file (/dev/null, a named pipe) is yielded as it is and
+    written in place: renaming a file onto it would replace the device itself.
+    """
+    if final.exists() and not final.is_file():
+        yield final
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:

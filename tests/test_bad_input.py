@@ -91,3 +91,22 @@ def test_unknown_flag_is_bad_usage_without_a_traceback():
     result = granite("mix", "--bogus")
     assert result.returncode == 2
     assert "No such option" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+
+
+def test_writing_to_a_named_pipe_keeps_the_pipe(tmp_path):
+    """An output that is no regular file (a FIFO, /dev/null) is written in place, never replaced by a renamed file."""
+    import os
+    import stat
+    import threading
+
+    from granite_cli.records import record_writer
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    with record_writer(str(fifo)) as sink:
+        sink.write(b'{"id": "a"}\n')
+    reader.join(timeout=10)
+    assert received == [b'{"id": "a"}\n'] and stat.S_ISFIFO(os.stat(fifo).st_mode)
