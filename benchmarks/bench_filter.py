@@ -137,9 +137,8 @@ def bench_peak_rss(copies: int) -> list[dict]:
     for n in (copies // 4, copies):
         data = generated_set(n)
         common = ["filter", str(data), "--audit", os.devnull, "--run-dir", str(WORK / "filter-run")]
-        with open(os.devnull, "wb") as sink:
-            no_dedup = peak_rss_mb(common + ["--checks", ",".join(c for c in OPTIONAL_CHECKS if "dedup" not in c)], sink)
-            dedup = peak_rss_mb(common, sink)
+        no_dedup = peak_rss_mb(common + ["--checks", ",".join(c for c in OPTIONAL_CHECKS if "dedup" not in c)])
+        dedup = peak_rss_mb(common)
         rows.append({"samples": sum(1 for _ in read_records([str(data)])), "peak_rss_mb_without_dedup": round(no_dedup, 1),
                      "peak_rss_mb_with_dedup": round(dedup, 1)})
     return rows

@@ -1,7 +1,7 @@
 """Peak memory (max RSS) of `granite mix` and `granite tokenize` as the input grows: it should stay flat.
 
-Each run is a separate CLI process; its peak RSS comes from the kernel (os.wait4), so nothing here
-samples or estimates.
+Each run is a separate CLI process; its peak RSS comes from the kernel (os.wait4 in a bare launcher),
+so nothing here samples or estimates.
 
     python benchmarks/bench_memory.py [--sizes 100,300,900]     # MB of uncompressed JSONL
 """
@@ -9,7 +9,6 @@ samples or estimates.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -17,15 +16,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_mix import one_source_recipe  # noqa: E402
-from benchmarks.common import REPO, WORK, corpus, save, tokenizer  # noqa: E402
+from benchmarks.common import WORK, corpus, save, tokenizer  # noqa: E402
 
 
-def peak_rss_mb(args: list[str], stdout) -> float:
-    proc = subprocess.Popen([sys.executable, "-m", "granite_cli", *args], stdout=stdout, stderr=subprocess.DEVNULL, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"granite {' '.join(args)} failed")
-    return usage.ru_maxrss / 1024  # KiB on Linux
+# A bare interpreter forks the CLI and reports the child's peak RSS. A forked child starts with its parent's
+# resident pages and the kernel's high-water mark keeps them, so the parent must be this small launcher, not the
+# benchmark process (which grows as it works).
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.execv(sys.executable, [sys.executable, "-m", "granite_cli", *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Peak RSS of `granite ARGS` (its output discarded), in MB, from the kernel."""
+    report = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], capture_output=True, text=True, check=True)
+    kib, code = map(int, report.stdout.split())
+    if code != 0:
+        raise RuntimeError(f"granite {' '.join(map(str, args))} failed")
+    return kib / 1024  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:
@@ -37,11 +52,10 @@ def main() -> None:
     for megabytes in [int(s) for s in args.sizes.split(",")]:
         data = corpus(megabytes)
         recipe = one_source_recipe(data, megabytes, f"mem-{megabytes}")
-        with open(os.devnull, "wb") as sink:
-            mix_mb = peak_rss_mb(["mix", "--phase", "1", "--recipe", str(recipe)], sink)
+        mix_mb = peak_rss_mb(["mix", "--phase", "1", "--recipe", str(recipe)])
         out = WORK / f"mem-shards-{megabytes}"
         shutil.rmtree(out, ignore_errors=True)
-        tok_mb = peak_rss_mb(["tokenize", str(data), "--tokenizer", str(tok), "-o", str(out)], subprocess.DEVNULL)
+        tok_mb = peak_rss_mb(["tokenize", str(data), "--tokenizer", str(tok), "-o", str(out)])
         shutil.rmtree(out, ignore_errors=True)
         rows.append({"input_mb": megabytes, "mix_peak_rss_mb": round(mix_mb, 1), "tokenize_peak_rss_mb": round(tok_mb, 1)})
         print(rows[-1], flush=True)
