@@ -101,7 +101,10 @@ class ChatRenderer:
                            f"read as a control token; `granite filter` (leakage check) rejects such samples")
 
     def render(self, samples: list[dict]) -> list[Rendered]:
-        all_pieces = [self.pieces(s) for s in samples]
+        return self.encode(samples, [self.pieces(s) for s in samples])
+
+    def encode(self, samples: list[dict], all_pieces: list[list[tuple[str | int, bool]]]) -> list[Rendered]:
+        """Ids and mask of each sample from its pieces; every distinct text piece is encoded once, in one batch."""
         texts = sorted({p for pieces in all_pieces for p, _ in pieces if isinstance(p, str) and p})
         encoded = dict(zip(texts, self.tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
         out = []

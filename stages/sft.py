@@ -193,12 +193,20 @@ def prepare_conversations(samples, tokenizer, seq_len: int, overlong: str, val_f
     pending: list[dict] = []
 
     def flush():
+        valid, all_pieces = [], []
         for sample in pending:
             try:
-                [rendered] = renderer.render([normalized(sample)])
+                sample = normalized(sample)
+            except BadInput as err:
+                policy.bad(err, "malformed sample")
+                continue
+            try:
+                all_pieces.append(renderer.pieces(sample))
             except BadInput as err:
                 policy.bad(err, "template token in content")
                 continue
+            valid.append(sample)
+        for sample, rendered in zip(valid, renderer.encode(valid, all_pieces)):
             conversation = fit(Conversation(rendered.ids, rendered.trained), seq_len, overlong, sample, counts)
             if conversation is None:
                 continue
@@ -276,9 +284,13 @@ class PackedConversations:
         self.rows_per_epoch = len(self.rows)
         self.steps = int(epochs * self.rows_per_epoch) // batch_size
         self.trained_tokens_per_epoch = sum(int(c.trained[1:].sum()) for c in conversations)
+        self._epoch_order: dict[int, np.ndarray] = {}
 
     def order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch, 1]).permutation(self.rows_per_epoch)
+        """The row order of an epoch (the latest one is kept: a batch asks for it once per row)."""
+        if epoch not in self._epoch_order:
+            self._epoch_order = {epoch: np.random.default_rng([self.seed, epoch, 1]).permutation(self.rows_per_epoch)}
+        return self._epoch_order[epoch]
 
     def batch(self, step: int) -> dict:
         positions = range(step * self.batch_size, (step + 1) * self.batch_size)

@@ -91,13 +91,13 @@ def eval_command(
         shots = FewShot(spec, Path(data_dir), num_fewshot, seed)
         if max_new_tokens:
             spec = dataclasses.replace(spec, max_new_tokens=max_new_tokens)
-        if spec.run:
+        if spec.run:  # judged tasks: their own generation and grading, and an interval on the main metric
             scored = spec.run(spec, backend, grader, items, chat, Path(data_dir), seed)
+            summary = summarize(spec, scored)
+            add_interval(summary, scored, summary["main_metric"], seed)
         else:
             scored = evaluate(spec, backend, items, shots, chat, samples, temperature, seed)
-        summary = summarize(spec, scored)
-        if spec.run:
-            add_interval(summary, scored, summary["main_metric"], seed)
+            summary = summarize(spec, scored)
         summary["settings"] = {**settings, "num_fewshot": shots.count or spec.inline_shots, "chat_template": chat,
                                "max_new_tokens": spec.max_new_tokens, "seconds": round(time.perf_counter() - started, 1)}
         results[spec.name] = summary

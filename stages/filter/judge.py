@@ -188,10 +188,10 @@ class Judge:
         jobs = [(s, i, turn, judge_prompt(sample, turn)) for s, sample in enumerate(samples)
                 for i, turn in enumerate(t for t, m in enumerate(sample["messages"]) if m["role"] == "assistant")]
         keys = [JudgeCache.key(self.identity, prompt) for *_, prompt in jobs]
-        results: list[TurnJudgement | str] = [self.cache.get(key) for key in keys]
+        results: list[TurnJudgement | None] = [self.cache.get(key) for key in keys]
         pending = [j for j, result in enumerate(results) if result is None]
         conversations = {j: list(jobs[j][3]) for j in pending}
-        failures: dict[int, str] = {}
+        failures: dict[int, tuple[str, str]] = {}  # job -> (status, why)
         for attempt in range(self.retries + 1):
             if not pending:
                 break
@@ -199,13 +199,14 @@ class Judge:
             still = []
             for j, reply in zip(pending, replies):
                 if isinstance(reply, ChatFailure):
-                    failures[j] = f"judge backend failed: {reply.error}"
+                    failures[j] = ("failed", f"judge backend failed: {reply.error}")
                     continue
                 judgement, problem = read_reply(reply, jobs[j][2])
                 if judgement is not None:
                     results[j] = judgement
                     continue
-                failures[j] = f"malformed judge answer after {attempt + 1} tries: {problem}; last answer {reply.text[:200]!r}"
+                failures[j] = ("malformed", f"malformed judge answer after {attempt + 1} tries: {problem}; "
+                                            f"last answer {reply.text[:200]!r}")
                 conversations[j] += [{"role": "assistant", "content": reply.text},
                                      {"role": "user", "content": f"That answer is not valid: {problem}. Answer with the JSON object only."}]
                 still.append(j)
@@ -216,8 +217,7 @@ class Judge:
             if isinstance(results[j], TurnJudgement):
                 out[s].turns.append(results[j])
             elif out[s].status == "ok":
-                out[s].status = "failed" if failures[j].startswith("judge backend failed") else "malformed"
-                out[s].error = failures[j]
+                out[s].status, out[s].error = failures[j]
         return out
 
 

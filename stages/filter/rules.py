@@ -271,8 +271,9 @@ def check_truncated(sample: dict, settings: dict) -> list[str]:
     """The final answer was cut off: a generator's finish_reason 'length', an open code fence or JSON, a dangling word."""
     if (sample.get("meta") or {}).get("finish_reason") == "length":
         return ["meta.finish_reason is 'length': the generator stopped at its token limit"]
-    index, last = assistant_turns(sample)[-1] if assistant_turns(sample) else (None, None)
-    content = (last or {}).get("content") or ""
+    turns = assistant_turns(sample)
+    index, last = turns[-1] if turns else (None, {})
+    content = last.get("content") or ""
     if not content:
         return []
     if content.count("```") % 2:
