@@ -78,7 +78,7 @@ metric_list:
 
 
 def make_data(root: Path, items: int, seed: int) -> None:
-    from granite_cli.records import read_records
+    from granite_cli.data.records import read_records
 
     heldout = list(read_records([str(REPO / "examples" / "data" / "eval" / "heldout.jsonl.zst")]))
     numeric = [r for r in heldout if r["verifier"]["type"] == "numeric"][:items]

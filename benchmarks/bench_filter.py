@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, WORK, median_seconds, save  # noqa: E402
-from granite_cli.records import read_records, record_writer, dumps  # noqa: E402
+from granite_cli.data.records import read_records, record_writer, dumps  # noqa: E402
 from stages.filter.curate import OPTIONAL_CHECKS  # noqa: E402
 
 SFT = REPO / "examples" / "data" / "chat" / "sft.jsonl.zst"
@@ -169,7 +169,7 @@ def slow_judge_server():
 
 
 def bench_judge(repeats: int) -> dict:
-    from granite_cli.llm_client import ChatEndpoint
+    from model.llm_client import ChatEndpoint
     from stages.filter.judge import Judge, JudgeCache
 
     samples = [s for s in read_records([str(SFT)]) if sum(m["role"] == "assistant" for m in s["messages"]) == 1][:256]

@@ -24,7 +24,7 @@ SEQ, GLOBAL, MICRO = 256, 32, 16
 
 def windows_source(seq: int, batch: int):
     """Token windows over the tiny recipe's phase-1 shards (made by `make all`)."""
-    from granite_cli.shards import ShardSet
+    from granite_cli.data.shards import ShardSet
     from stages.pretrain import TokenWindows
 
     shards = REPO / "runs" / "tiny" / "shards" / "phase-1"
@@ -37,9 +37,9 @@ def granite_seconds_per_step(preset: str, steps: int, vocab: int) -> tuple[float
     import torch
     from transformers import GraniteForCausalLM
 
-    from granite_cli import distributed
-    from granite_cli.schedules import build_schedule
-    from granite_cli.trainer import Trainer, TrainSettings
+    from granite_cli.training import distributed
+    from granite_cli.training.schedules import build_schedule
+    from granite_cli.training.trainer import Trainer, TrainSettings
     from model.presets import build_config
 
     torch.manual_seed(0)
@@ -102,8 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from granite_cli.flops import flops_per_token, measure_peak_flops
-    from granite_cli.tokenizer_io import load_tokenizer
+    from granite_cli.training.flops import flops_per_token, measure_peak_flops
+    from granite_cli.data.tokenizer_io import load_tokenizer
 
     vocab = len(load_tokenizer(str(tokenizer())))
     tokens_per_step = GLOBAL * SEQ

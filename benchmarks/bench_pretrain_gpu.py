@@ -27,9 +27,9 @@ VOCAB = 100352
 
 def synthetic_run_dir(seq_len: int, tokens: int) -> Path:
     """A run directory with a 100352-entry tokenizer and random-token shards (throughput does not depend on text)."""
-    from granite_cli.shards import ShardWriter, build_manifest, token_dtype
-    from granite_cli.tokenizer_io import load_tokenizer, tokenizer_identity
-    from granite_cli.tokenizer_train import train_bpe
+    from granite_cli.data.shards import ShardWriter, build_manifest, token_dtype
+    from granite_cli.data.tokenizer_io import load_tokenizer, tokenizer_identity
+    from granite_cli.data.tokenizer_train import train_bpe
 
     run = WORK / "gpu-run"
     if (run / "shards" / "phase-1" / "manifest.json").exists():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, WORK, save  # noqa: E402
-from granite_cli.records import read_records  # noqa: E402
+from granite_cli.data.records import read_records  # noqa: E402
 
 BASE = REPO / "runs" / "tiny" / "checkpoints" / "pretrain-phase-4"
 KEPT = REPO / "runs" / "tiny" / "filter" / "kept.jsonl.zst"
@@ -36,7 +36,7 @@ SEQ, BATCH, LR = 512, 16, 3e-3
 
 
 def bench_data() -> tuple[Path, int]:
-    from granite_cli.tokenizer_io import load_tokenizer
+    from granite_cli.data.tokenizer_io import load_tokenizer
     from model.chat_format import ChatRenderer
 
     renderer = ChatRenderer(load_tokenizer(str(BASE)))
@@ -69,7 +69,7 @@ def run_trl(data: Path) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from granite_cli.tokenizer_io import load_tokenizer
+    from granite_cli.data.tokenizer_io import load_tokenizer
     from model.chat_template import GRANITE_CHAT_TEMPLATE
     from model.checkpoint import load_model
 

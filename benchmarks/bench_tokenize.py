@@ -26,8 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     data, tok_dir = corpus(args.megabytes), tokenizer()
 
-    from granite_cli.records import read_records
-    from granite_cli.tokenizer_io import load_tokenizer, tokenizer_identity
+    from granite_cli.data.records import read_records
+    from granite_cli.data.tokenizer_io import load_tokenizer, tokenizer_identity
     from stages.tokenize import write_shards
 
     tok = load_tokenizer(str(tok_dir))

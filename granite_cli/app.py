@@ -12,12 +12,10 @@ import sys
 import typer
 import typer.core
 
-from granite_cli import recipe_cmd
 from granite_cli.errors import GraniteError
-from granite_cli import chat_cmd, info_cmd
+from stages import chat, info, mix, pretrain, recipe, sft, tokenize
 from stages import eval as eval_stage
 from stages import filter as filter_stage
-from stages import mix, pretrain, sft, tokenize
 
 RECIPE_ORDER = ["recipe", "mix", "tokenize", "pretrain", "filter", "sft", "eval", "chat", "info"]
 
@@ -38,14 +36,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(recipe_cmd.app, name="recipe")
+app.add_typer(recipe.app, name="recipe")
 app.command("mix")(mix.mix_command)
 app.add_typer(tokenize.app, name="tokenize")
 app.command("pretrain")(pretrain.pretrain_command)
 app.add_typer(filter_stage.app, name="filter")
 app.command("sft")(sft.sft_command)
-app.command("info")(info_cmd.info_command)
-app.command("chat")(chat_cmd.chat_command)
+app.command("info")(info.info_command)
+app.command("chat")(chat.chat_command)
 app.add_typer(eval_stage.app, name="eval")
 
 

@@ -82,7 +82,7 @@ def load_for_generation(directory: Path, device: str = "auto", dtype: str = "aut
     """(model, tokenizer, device) ready for batched generation: eval mode, bf16 on GPU (or as asked), left padding."""
     import torch
 
-    from granite_cli.tokenizer_io import load_tokenizer
+    from granite_cli.data.tokenizer_io import load_tokenizer
 
     chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     torch_dtype = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and chosen.type == "cuda")) else torch.float32

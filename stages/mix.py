@@ -30,12 +30,12 @@ from typing import Callable, Iterator, Optional
 import typer
 from rich.table import Table
 
-from granite_cli import cli
+from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Recipe, Source, format_count, load_recipe
-from granite_cli.records import ErrorPolicy, atomic_path, dumps, record_writer
-from granite_cli.sources import read_split, source_units
+from granite_cli.data.records import ErrorPolicy, atomic_path, dumps, record_writer
+from granite_cli.data.sources import read_split, source_units
 
 SHUFFLE_BUFFER = 1024
 PROGRESS_EVERY = 1024  # documents between progress-bar updates (a per-document update costs ~10% of the run)
@@ -46,9 +46,9 @@ RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 def mix_command(
     phase: Optional[int] = typer.Option(None, "--phase", "-p", help="Recipe phase to mix (1-5). With --heldout and no "
                                                                      "--phase: the sources of every phase."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
-    seed: int = cli.SeedOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
+    seed: int = options.SeedOption,
     output: Optional[str] = typer.Option(
         None, "--output", "-o",
         help="A .jsonl[.zst|.gz] file, or a directory (one mix-IIIII-of-NNNNN.jsonl.zst per worker plus its report). "
@@ -61,9 +61,9 @@ def mix_command(
     heldout: bool = typer.Option(
         False, "--heldout", help="Emit the held-out split instead: every document of the phase's sources that the "
                                  "recipe's heldout_fraction sets aside (never part of any training mix), once each."),
-    shard_index: Optional[int] = cli.ShardIndexOption,
-    num_shards: Optional[int] = cli.NumShardsOption,
-    on_error: str = cli.OnErrorOption,
+    shard_index: Optional[int] = options.ShardIndexOption,
+    num_shards: Optional[int] = options.NumShardsOption,
+    on_error: str = options.OnErrorOption,
 ) -> None:
     """Stream a phase's data mixture as JSONL documents ({"id", "text", "source", ...}).
 
@@ -81,7 +81,7 @@ def mix_command(
     if dry_run:
         console.print(dry_run_table(loaded, phase, budget, sources, targets))
         return
-    index, count = cli.array_position(shard_index, num_shards)
+    index, count = options.array_position(shard_index, num_shards)
     policy = ErrorPolicy(on_error)
     counter = token_counter(loaded, tokenizer)
     fraction = loaded.heldout_fraction
@@ -154,7 +154,7 @@ def _declared(recipe: Recipe, name: str) -> Source:
 
 def token_counter(recipe: Recipe, tokenizer: Optional[str]) -> "TokenCounter":
     if tokenizer:
-        from granite_cli.tokenizer_io import load_tokenizer
+        from granite_cli.data.tokenizer_io import load_tokenizer
 
         backend = load_tokenizer(tokenizer).backend_tokenizer
         return TokenCounter(f"tokenizer:{tokenizer}", lambda text: len(backend.encode(text, add_special_tokens=False).ids))

@@ -22,20 +22,21 @@ from typing import Optional
 
 import typer
 
-from granite_cli import cli
+from granite_cli import options
 from granite_cli.console import console
+from granite_cli.training.validation import Validator
 from granite_cli.errors import BadInput
-from granite_cli.training_run import (CheckpointEveryOption, CompileOption, EvalEveryOption, KeepLastOption, LogEveryOption,
+from granite_cli.training.run import (CheckpointEveryOption, CompileOption, EvalEveryOption, KeepLastOption, LogEveryOption,
                                       MicroBatchOption, OverwriteOption, ParallelOption, PeakTflopsOption, PrecisionOption,
-                                      ResumeOption, Validator, checkpoint_writer, finish, input_record, prepare_output,
+                                      ResumeOption, checkpoint_writer, finish, input_record, prepare_output,
                                       train_settings, work_directory)
 
 def pretrain_command(
     shards: Optional[list[str]] = typer.Argument(None, help="Token shard directories (granite tokenize). Default: <run-dir>/shards/phase-N."),
     phase: int = typer.Option(1, "--phase", "-p", help="Recipe phase: its schedule, batch and sequence length apply."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory. Default: <run-dir>/checkpoints/pretrain-phase-N."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
     init_from: Optional[str] = typer.Option(
         None, "--init-from", help="Start from this checkpoint's weights (and continue its LR and token count). "
                                   "Default: the previous phase's checkpoint in the run directory; 'none' to start fresh."),
@@ -57,15 +58,15 @@ def pretrain_command(
     log_every: int = LogEveryOption,
     resume: bool = ResumeOption,
     overwrite: bool = OverwriteOption,
-    seed: int = cli.SeedOption,
+    seed: int = options.SeedOption,
     precision: str = PrecisionOption,
     compile: bool = CompileOption,
     parallel: str = ParallelOption,
-    device: str = cli.DeviceOption,
+    device: str = options.DeviceOption,
     peak_tflops: Optional[float] = PeakTflopsOption,
 ) -> None:
     """Pre-train (or continue pre-training) a Granite model on token shards for one recipe phase."""
-    from granite_cli import distributed
+    from granite_cli.training import distributed
     from granite_cli.recipe import load_recipe, parse_count
 
     loaded = load_recipe(recipe, run_dir)
@@ -100,7 +101,7 @@ def pretrain_command(
                                   log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                                   keep_last=keep_last)
         report_plan(phase, model, settings, windows, parent, dist)
-        from granite_cli.trainer import Trainer
+        from granite_cli.training.trainer import Trainer
 
         workdir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(model, settings, windows, dist, workdir, save=checkpoint_writer(model.config, tokenizer_dir, lineage))
@@ -137,7 +138,7 @@ def resolve_parent(init_from: Optional[str], run_dir: Path, phase: int) -> Optio
 
 def load_tokenizer_checked(directory: Path) -> dict:
     """The tokenizer's hash (to match against shards) and per-token byte lengths (for bits per byte)."""
-    from granite_cli.tokenizer_io import load_tokenizer, tokenizer_identity
+    from granite_cli.data.tokenizer_io import load_tokenizer, tokenizer_identity
 
     tok = load_tokenizer(str(directory))
     identity = tokenizer_identity(tok, str(directory))
@@ -162,7 +163,7 @@ def token_byte_lengths(tok):
 
 def open_shards(directories: list[Path], tokenizer_sha: str):
     """Open shard directories; a directory of shard directories (one per job-array worker) counts as all of them."""
-    from granite_cli.shards import MANIFEST, ShardSet
+    from granite_cli.data.shards import MANIFEST, ShardSet
 
     expanded = []
     for directory in directories:
@@ -215,7 +216,7 @@ def lineage_tokens_and_lr(lineage: list[dict]) -> tuple[int, Optional[float]]:
 
 def phase_schedule(spec, lineage: list[dict], total_tokens: int, lr, warmup, schedule_name):
     """The phase's LR schedule: the recipe's table, flags on top, continuing the lineage's token count and last LR."""
-    from granite_cli.schedules import build_schedule
+    from granite_cli.training.schedules import build_schedule
 
     offset, parent_lr = lineage_tokens_and_lr(lineage)
     table = dict(spec.schedule)

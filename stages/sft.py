@@ -27,12 +27,13 @@ from typing import Optional
 import numpy as np
 import typer
 
-from granite_cli import cli
+from granite_cli import options
 from granite_cli.console import console
+from granite_cli.training.validation import Validator
 from granite_cli.errors import BadInput
-from granite_cli.training_run import (CheckpointEveryOption, CompileOption, EvalEveryOption, KeepLastOption, LogEveryOption,
+from granite_cli.training.run import (CheckpointEveryOption, CompileOption, EvalEveryOption, KeepLastOption, LogEveryOption,
                                       MicroBatchOption, OverwriteOption, ParallelOption, PeakTflopsOption, PrecisionOption,
-                                      ResumeOption, Validator, checkpoint_writer, finish, input_record, prepare_output,
+                                      ResumeOption, checkpoint_writer, finish, input_record, prepare_output,
                                       train_settings, work_directory)
 
 IGNORE = -100
@@ -47,8 +48,8 @@ def sft_command(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory. Default: <run-dir>/checkpoints/sft."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="The base checkpoint. Default: the run directory's last "
                                                                       "pre-training checkpoint (extend-context, else the highest pretrain phase)."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training split. Recipe default (IBM: 3)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate. Recipe default (IBM: 5e-6)."),
     warmup: Optional[str] = typer.Option(None, "--warmup", help="Linear warmup, tokens or a percentage (IBM: 3%%); then linear decay to 0."),
@@ -58,8 +59,8 @@ def sft_command(
     overlong: str = typer.Option("truncate", "--overlong", help="A conversation longer than --seq-len: 'truncate' its last "
                                                                 "answer (dropped when even its start does not fit) or 'drop' it."),
     packing: bool = typer.Option(True, "--packing/--no-packing", help="Pack several conversations per sequence (best-fit), or one per sequence."),
-    on_error: str = cli.OnErrorOption,
-    seed: int = cli.SeedOption,
+    on_error: str = options.OnErrorOption,
+    seed: int = options.SeedOption,
     micro_batch: int = MicroBatchOption,
     eval_every: int = EvalEveryOption,
     checkpoint_every: int = CheckpointEveryOption,
@@ -70,13 +71,13 @@ def sft_command(
     precision: str = PrecisionOption,
     compile: bool = CompileOption,
     parallel: str = ParallelOption,
-    device: str = cli.DeviceOption,
+    device: str = options.DeviceOption,
     peak_tflops: Optional[float] = PeakTflopsOption,
 ) -> None:
     """Fine-tune a checkpoint on chat samples (assistant tokens only), packed, with the shared training loop."""
-    from granite_cli import distributed
+    from granite_cli.training import distributed
     from granite_cli.recipe import load_recipe
-    from granite_cli.records import ErrorPolicy, read_records
+    from granite_cli.data.records import ErrorPolicy, read_records
 
     loaded = load_recipe(recipe, run_dir)
     table = {**PUBLISHED, **loaded.raw.get("sft", {})}
@@ -113,7 +114,7 @@ def sft_command(
         if train.steps < 1:
             raise BadInput(f"{len(train_set)} training conversations pack into {train.rows_per_epoch} sequences: fewer than "
                            f"one batch of {global_batch}; lower --batch-sequences or add data")
-        from granite_cli.schedules import build_schedule
+        from granite_cli.training.schedules import build_schedule
 
         peak_lr = lr if lr is not None else float(table["lr"])
         schedule = build_schedule({"name": "linear", "warmup": warmup or table["warmup"], "final_lr_ratio": 0.0},
@@ -124,7 +125,7 @@ def sft_command(
                                   log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                                   keep_last=keep_last)
         report_plan(parent, train, counts, settings, peak_lr, dist)
-        from granite_cli.trainer import Trainer
+        from granite_cli.training.trainer import Trainer
 
         lineage = read_lineage(parent)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,7 @@ def base_checkpoint(init_from: Optional[str], run_dir: Path) -> Path:
 
 def chat_tokenizer(parent: Path, save_to: Optional[Path]):
     """The base checkpoint's tokenizer with the Granite chat template, which the SFT checkpoint is saved with."""
-    from granite_cli.tokenizer_io import load_tokenizer
+    from granite_cli.data.tokenizer_io import load_tokenizer
     from model.chat_template import GRANITE_CHAT_TEMPLATE
 
     tokenizer = load_tokenizer(str(parent))

@@ -28,15 +28,15 @@ from typing import Iterator, Optional
 
 import typer
 
-from granite_cli import cli
+from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import format_count, load_recipe, parse_count
-from granite_cli.records import STDIO, ErrorPolicy, input_paths, read_records
-from granite_cli.sources import read_unit, source_units
+from granite_cli.data.records import STDIO, ErrorPolicy, input_paths, read_records
+from granite_cli.data.sources import read_unit, source_units
 
 app = typer.Typer(
-    cls=cli.DefaultCommandGroup,
+    cls=options.DefaultCommandGroup,
     help="Train a tokenizer (`train`), tokenize documents into shards (default), verify shards (`inspect`).\n\n"
          "`granite tokenize [INPUT ...]` is `granite tokenize run [INPUT ...]`.",
     no_args_is_help=False,
@@ -52,14 +52,14 @@ def tokenize_command(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Local HF tokenizer directory. Default: <run-dir>/tokenizer."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Shard directory to write. Default: <run-dir>/shards/phase-N (shards/heldout for the held-out split)."),
     phase: Optional[int] = typer.Option(None, "--phase", "-p", help="Phase N for the default output; else taken from the documents' `phase` (set by granite mix)."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
     shard_tokens: str = typer.Option("64M", "--shard-tokens", help="Tokens per shard file (documents never span shards)."),
     batch_docs: int = typer.Option(BATCH_DOCS, "--batch-docs", help="Documents encoded per batch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing complete output directory."),
-    shard_index: Optional[int] = cli.ShardIndexOption,
-    num_shards: Optional[int] = cli.NumShardsOption,
-    on_error: str = cli.OnErrorOption,
+    shard_index: Optional[int] = options.ShardIndexOption,
+    num_shards: Optional[int] = options.NumShardsOption,
+    on_error: str = options.OnErrorOption,
 ) -> None:
     """Tokenize documents into a token shard directory (EOS after each document). Resumes an interrupted run.
 
@@ -69,10 +69,10 @@ def tokenize_command(
     already its share (`granite mix` in the same array splits the documents upstream).
     """
     paths = input_paths(inputs)
-    index, count = cli.array_position(shard_index, num_shards)
+    index, count = options.array_position(shard_index, num_shards)
     policy = ErrorPolicy(on_error)
     loaded = load_recipe(recipe, run_dir)
-    from granite_cli.tokenizer_io import load_tokenizer, tokenizer_identity
+    from granite_cli.data.tokenizer_io import load_tokenizer, tokenizer_identity
 
     tokenizer_path = tokenizer or str(loaded.run_dir / "tokenizer")
     tok = load_tokenizer(tokenizer_path)
@@ -116,7 +116,7 @@ def write_shards(documents: Iterator[dict], tok, identity: dict, out: Path, shar
     """Tokenize `documents` into `out`, resuming from `.out.partial/` when an earlier run stopped."""
     import numpy as np
 
-    from granite_cli.shards import MANIFEST, ShardWriter, build_manifest, token_dtype
+    from granite_cli.data.shards import MANIFEST, ShardWriter, build_manifest, token_dtype
 
     if (out / MANIFEST).exists() and not overwrite:
         raise BadInput("output already exists and is complete; pass --overwrite to replace it", str(out))
@@ -248,10 +248,10 @@ def train_command(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Tokenizer directory. Default: <run-dir>/tokenizer."),
     max_bytes: Optional[str] = typer.Option(None, "--max-bytes", help="Bytes of text read from each input (or source). Default: recipe's train_bytes_per_source, else all."),
     min_frequency: int = typer.Option(2, "--min-frequency", help="Least count for a merge to be learned."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing tokenizer directory."),
-    on_error: str = cli.OnErrorOption,
+    on_error: str = options.OnErrorOption,
 ) -> None:
     """Train a byte-level BPE tokenizer (cl100k-style pre-split) with the Granite special tokens and chat template.
 
@@ -268,7 +268,7 @@ def train_command(
     budget = parse_count(max_bytes or loaded.tokenizer.get("train_bytes_per_source", 0), "--max-bytes") or None
     policy = ErrorPolicy(on_error)
     texts = training_texts(inputs, loaded, budget, policy)
-    from granite_cli.tokenizer_train import train_bpe
+    from granite_cli.data.tokenizer_train import train_bpe
 
     started = time.perf_counter()
     tokenizer = train_bpe(texts, size, min_frequency, loaded.tokenizer.get("name", "granite-bpe"))
@@ -310,7 +310,7 @@ def inspect_command(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer for decoding. Default: the one the manifest names."),
 ) -> None:
     """Verify a shard directory's checksums and counts against its manifest, and decode a few documents."""
-    from granite_cli.shards import ShardSet
+    from granite_cli.data.shards import ShardSet
 
     shards = ShardSet(directory)
     manifest = shards.manifest
@@ -327,7 +327,7 @@ def inspect_command(
         raise GraniteError(f"{directory}: {len(problems)} problem(s) found")
     console.print("[green]✓[/] checksums, counts and document boundaries match the manifest")
     if show:
-        from granite_cli.tokenizer_io import load_tokenizer
+        from granite_cli.data.tokenizer_io import load_tokenizer
 
         tok = load_tokenizer(tokenizer or manifest["tokenizer"]["path"])
         for number in range(min(show, shards.shards[0]["documents"])):

@@ -52,7 +52,7 @@ def checkpoint(tokenizer_dir, tmp_path_factory):
     import torch
     from transformers import GraniteForCausalLM
 
-    from granite_cli.tokenizer_io import load_tokenizer
+    from granite_cli.data.tokenizer_io import load_tokenizer
     from model.checkpoint import save_checkpoint
     from model.presets import build_config
 

@@ -34,7 +34,7 @@ def test_skip_counts_bad_records(tokenizer_dir, tmp_path):
     assert result.returncode == 0
     err = result.stderr.decode()
     assert "skipped 2 bad record(s)" in err and "1 malformed JSON" in err and "1 no text" in err
-    from granite_cli.shards import ShardSet
+    from granite_cli.data.shards import ShardSet
 
     assert ShardSet(tmp_path / "out").manifest["documents"] == 2
 
@@ -99,7 +99,7 @@ def test_writing_to_a_named_pipe_keeps_the_pipe(tmp_path):
     import stat
     import threading
 
-    from granite_cli.records import record_writer
+    from granite_cli.data.records import record_writer
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import REPO
-from stages.eval import bfcl
+from granite_cli.verify import bfcl
 
 DATA = REPO / "runs" / "eval-data"
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO, granite
 from fake_openai import FakeOpenAI
-from granite_cli.llm_client import ChatEndpoint, ChatReply, TokenChoice
+from model.llm_client import ChatEndpoint, ChatReply, TokenChoice
 from stages.filter.dedup import MinHashIndex
 from stages.filter.judge import DIMENSIONS, Judge, JudgeCache, expected_scores, parse_answer
 from stages.filter.rules import check_computation, check_truncated, normalize, stated_computations
@@ -221,7 +221,7 @@ def test_bad_usage_is_exit_2(tmp_path):
 
 
 def test_local_model_judge_gives_logprobs_and_never_passes_garbage(checkpoint):
-    from granite_cli.llm_client import LocalChat
+    from model.llm_client import LocalChat
 
     backend = LocalChat(str(checkpoint))
     [reply] = backend.chat_many([[{"role": "user", "content": "Grade this."}]], max_tokens=6, logprobs=True)
@@ -240,7 +240,7 @@ def test_bundled_sft_defects_are_caught(tmp_path):
     sft = REPO / "examples" / "data" / "chat" / "sft.jsonl.zst"
     kept_path, audit_path = tmp_path / "kept.jsonl", tmp_path / "audit.jsonl"
     granite("filter", sft, "-o", kept_path, "--audit", audit_path, "--run-dir", tmp_path / "runs", check=True)
-    from granite_cli.records import read_records
+    from granite_cli.data.records import read_records
 
     samples = {s["id"]: s for s in read_records([str(sft)])}
     audits = [json.loads(line) for line in audit_path.read_text().splitlines()]

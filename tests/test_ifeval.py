@@ -2,7 +2,7 @@
 
 import pytest
 
-from stages.eval.ifeval import CHECKERS, follows, score
+from granite_cli.verify.ifeval import CHECKERS, follows, score
 
 CASES = [
     ("keywords:existence", {"keywords": ["river", "stone"]}, "A stone sat by the river.", "A stone sat there."),

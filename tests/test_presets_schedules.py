@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from granite_cli.errors import BadInput
-from granite_cli.schedules import build_schedule
+from granite_cli.training.schedules import build_schedule
 from model.presets import PUBLISHED_PARAMETERS, SMALL_DEPTHS, build_config, count_parameters
 
 

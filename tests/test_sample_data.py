@@ -4,7 +4,7 @@ import re
 
 from conftest import REPO
 from granite_cli.recipe import load_recipe
-from granite_cli.records import read_records
+from granite_cli.data.records import read_records
 
 DATA = REPO / "examples" / "data"
 

@@ -11,8 +11,8 @@ import torch
 
 from conftest import REPO, granite, kill_after_first_checkpoint
 from granite_cli.errors import BadInput
-from granite_cli.records import read_records
-from granite_cli.trainer import cross_entropy_sum
+from granite_cli.data.records import read_records
+from granite_cli.training.logprobs import TokenLogprobs
 from model.chat_format import ChatRenderer
 from model.chat_template import GRANITE_CHAT_TEMPLATE
 from stages.sft import Conversation, PackedConversations, best_fit, fit
@@ -128,10 +128,11 @@ def test_packed_batch_gives_the_same_loss_as_one_by_one(tokenizer, checkpoint):
     packed = PackedConversations(conversations, total + 7, 1, 0, 1, True, tokenizer.pad_token_id)
     assert packed.rows_per_epoch == 1  # all five conversations (and some padding) in one sequence
     batch = packed.rows_at([0])
+    scorer = TokenLogprobs(model)
     with torch.no_grad():
-        packed_loss = cross_entropy_sum(model, batch)
+        packed_loss = -scorer(batch["input_ids"], batch["labels"], batch["position_ids"])[0].sum()
         alone = [PackedConversations([c], len(c.ids), 1, 0, 1, True, tokenizer.pad_token_id).rows_at([0]) for c in conversations]
-        one_by_one = sum(cross_entropy_sum(model, {k: v for k, v in b.items() if k != "position_ids"}) for b in alone)
+        one_by_one = -sum(scorer(b["input_ids"], b["labels"])[0].sum() for b in alone)
     targets = int((batch["labels"] != -100).sum())
     assert targets == sum(int(c.trained[1:].sum()) for c in conversations)
     assert torch.allclose(packed_loss, one_by_one, rtol=1e-5)

@@ -7,9 +7,9 @@ import pytest
 import zstandard
 
 from conftest import REPO, granite
-from granite_cli.records import read_records
-from granite_cli.shards import ShardSet
-from granite_cli.tokenizer_io import load_tokenizer, tokenizer_identity
+from granite_cli.data.records import read_records
+from granite_cli.data.shards import ShardSet
+from granite_cli.data.tokenizer_io import load_tokenizer, tokenizer_identity
 from stages.tokenize import write_shards
 
 PRETRAIN = sorted((REPO / "examples" / "data" / "pretrain").glob("*.jsonl.zst"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from granite_cli.verifiers import last_number, parse_number, verify
+from granite_cli.verify.answers import last_number, parse_number, verify
 
 SQL_DB = ("CREATE TABLE t (name TEXT, n INTEGER); INSERT INTO t VALUES ('a', 3); INSERT INTO t VALUES ('b', 1);"
           "INSERT INTO t VALUES ('c', 2);")
@@ -80,7 +80,7 @@ def test_unknown_verifier_is_bad_input():
 
 def test_every_bundled_reference_answer_passes_its_own_verifier():
     from conftest import REPO
-    from granite_cli.records import read_records
+    from granite_cli.data.records import read_records
 
     records = list(read_records([str(REPO / "examples" / "data" / "eval" / "heldout.jsonl.zst")]))
     failures = [(r["family"], r["answer"], verify(r["answer"], r["verifier"]).reason) for r in records

@@ -26,16 +26,16 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from granite_cli import cli
+from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
-from granite_cli.records import atomic_path
+from granite_cli.data.records import atomic_path
 from stages.eval.backends import Endpoint, GenerationRequest, LocalModel
 from stages.eval.judged import add_interval
 from stages.eval.published import MODELS, PUBLISHED
 from stages.eval.tasks import TaskSpec, get_task, ruler_items
 
-app = typer.Typer(cls=cli.DefaultCommandGroup, help="Evaluate a checkpoint (default) or print a table of evaluations (`table`).\n\n"
+app = typer.Typer(cls=options.DefaultCommandGroup, help="Evaluate a checkpoint (default) or print a table of evaluations (`table`).\n\n"
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
 MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte", "judged": "win_rate"}
 NOT_PERCENT = {"bits_per_byte", "rating"}  # shown as is; every other metric is a rate shown in percent
@@ -65,10 +65,10 @@ def eval_command(
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name the --judge endpoint serves."),
     judge_concurrency: int = typer.Option(8, "--judge-concurrency", help="Requests in flight to an endpoint judge."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Label for this evaluation in `granite eval table`. Default: the checkpoint's last lineage stage."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
-    seed: int = cli.SeedOption,
-    device: str = cli.DeviceOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
+    seed: int = options.SeedOption,
+    device: str = options.DeviceOption,
 ) -> None:
     """Evaluate a model on benchmark tasks; writes results.json and samples.jsonl."""
     from granite_cli.recipe import load_recipe
@@ -125,7 +125,7 @@ def make_judge(specs: list[TaskSpec], judge: Optional[str], judge_model: Optiona
         return None
     if not judge:
         raise BadInput(f"{', '.join(needing)} need a judge: --judge URL --judge-model NAME, or --judge MODEL_DIR")
-    from granite_cli.llm_client import open_chat_model
+    from model.llm_client import open_chat_model
 
     return open_chat_model(judge, judge_model, concurrency=concurrency, device=device)
 
@@ -342,8 +342,8 @@ def shown(metric: str, value: Optional[float]) -> str:
 @app.command("table")
 def table_command(
     directories: Optional[list[str]] = typer.Argument(None, help="Eval result directories. Default: every one under <run-dir>/eval/."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
 ) -> None:
     """One table of every evaluated stage (rows) by task (columns), in the order the stages ran."""
     from granite_cli.recipe import load_recipe

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from granite_cli.errors import BadInput
-from granite_cli.llm_client import post_json
+from model.llm_client import post_json
 
 
 @dataclass

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from granite_cli.errors import BadInput
-from granite_cli.llm_client import ChatFailure
+from model.llm_client import ChatFailure
 from stages.eval.backends import GenerationRequest
 
 NEEDS_REFERENCE = ("math", "reasoning", "coding")

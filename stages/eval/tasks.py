@@ -19,9 +19,9 @@ from typing import Callable, Optional
 
 from granite_cli.errors import BadInput
 from granite_cli.recipe import examples_dir
-from granite_cli.records import read_records
-from granite_cli.sandbox import run_python
-from granite_cli.verifiers import last_number, parse_number, verify
+from granite_cli.data.records import read_records
+from granite_cli.verify.sandbox import run_python
+from granite_cli.verify.answers import last_number, parse_number, verify
 from stages.eval import judged
 
 
@@ -282,7 +282,7 @@ def deepmind_math_score(item: dict, output: str) -> dict:
 
 
 def _ifeval():
-    from stages.eval import ifeval
+    from granite_cli.verify import ifeval
 
     return TaskSpec(
         name="ifeval", description="IFEval: verifiable instructions, prompt- and instruction-level, strict and loose",
@@ -292,7 +292,7 @@ def _ifeval():
 
 
 def _bfcl():
-    from stages.eval import bfcl
+    from granite_cli.verify import bfcl
 
     return TaskSpec(
         name="bfcl", description="BFCL v3 AST match: simple, multiple, parallel, parallel_multiple, irrelevance",

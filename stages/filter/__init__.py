@@ -21,18 +21,18 @@ from typing import Optional
 
 import typer
 
-from granite_cli import cli
+from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Recipe, expand_path, load_recipe
-from granite_cli.records import ErrorPolicy, atomic_path, dumps, input_paths, read_records, record_writer
+from granite_cli.data.records import ErrorPolicy, atomic_path, dumps, input_paths, read_records, record_writer
 from stages.filter import report as report_module
 from stages.filter.curate import DEDUP_RULES, OPTIONAL_CHECKS, Check, Curator
 from stages.filter.dedup import ExactIndex, MinHashIndex
 from stages.filter.judge import DEFAULT_WEIGHTS, Judge, JudgeCache, JudgePolicy
 from stages.filter.rules import DEFAULT_SETTINGS, RULES, BenchmarkIndex
 
-app = typer.Typer(cls=cli.DefaultCommandGroup, help="Curate SFT chat samples (default), print an audit report (`report`), "
+app = typer.Typer(cls=options.DefaultCommandGroup, help="Curate SFT chat samples (default), print an audit report (`report`), "
                                                      "or deduplicate shard outputs (`dedup`).\n\n"
                                                      "`granite filter FILE ...` is `granite filter run FILE ...`.")
 
@@ -62,17 +62,17 @@ def filter_command(
     decontaminate: Optional[list[str]] = typer.Option(None, "--decontaminate", help="Benchmark JSONL whose prompts must not appear in the data (repeatable; adds to the recipe's)."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Count tokens for the length check with this tokenizer. Default: <run-dir>/tokenizer if it exists, else estimate from bytes."),
     chunk: int = typer.Option(256, "--chunk", help="Samples processed together (the judge sees a chunk's turns at once)."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
-    on_error: str = cli.OnErrorOption,
-    shard_index: Optional[int] = cli.ShardIndexOption,
-    num_shards: Optional[int] = cli.NumShardsOption,
-    device: str = cli.DeviceOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
+    on_error: str = options.OnErrorOption,
+    shard_index: Optional[int] = options.ShardIndexOption,
+    num_shards: Optional[int] = options.NumShardsOption,
+    device: str = options.DeviceOption,
 ) -> None:
     """Filter chat samples: rules and judge decide, the audit says why, the report sums it up."""
     loaded = load_recipe(recipe, run_dir)
     settings = recipe_settings(loaded)
-    index, count = cli.array_position(shard_index, num_shards)
+    index, count = options.array_position(shard_index, num_shards)
     policy = judge_policy(settings, accept_at, reject_below, weights)
     keep_borderline = borderline_choice(borderline or settings.get("borderline", "drop"))
     enabled = enabled_checks(checks, settings)
@@ -197,7 +197,7 @@ def token_counter(tokenizer: Optional[str], recipe: Recipe):
             text = json.dumps([sample["messages"], sample.get("tools"), sample.get("documents")], ensure_ascii=False)
             return int(len(text.encode()) / recipe.bytes_per_token)
         return estimate
-    from granite_cli.tokenizer_io import load_tokenizer
+    from granite_cli.data.tokenizer_io import load_tokenizer
 
     loaded = load_tokenizer(path)
 
@@ -212,7 +212,7 @@ def open_judge(spec: str, model, concurrency, timeout, retries, format_retries, 
                device: str) -> Optional[Judge]:
     if spec == "none":
         return None
-    from granite_cli.llm_client import open_chat_model
+    from model.llm_client import open_chat_model
 
     backend = open_chat_model(spec, model, concurrency, timeout, retries, device)
     cache = JudgeCache(Path(cache_path) if cache_path else recipe.run_dir / "filter" / "judge-cache.sqlite")
@@ -241,9 +241,9 @@ def dedup_command(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="The deduplicated samples. Default: stdout."),
     audit: str = typer.Option(..., "--audit", help="One audit record per input sample (kept, or which sample it duplicates)."),
     checks: str = typer.Option(",".join(DEDUP_RULES), "--checks", help="exact_dedup, near_dedup or both."),
-    recipe: Optional[str] = cli.RecipeOption,
-    run_dir: Optional[str] = cli.RunDirOption,
-    on_error: str = cli.OnErrorOption,
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
+    on_error: str = options.OnErrorOption,
 ) -> None:
     """Deduplicate across the shards of a job array (each shard deduplicated only its own samples)."""
     settings = recipe_settings(load_recipe(recipe, run_dir))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from granite_cli.errors import BadInput
-from granite_cli.llm_client import ChatFailure, ChatReply
+from model.llm_client import ChatFailure, ChatReply
 
 RUBRIC_VERSION = "1"
 DIMENSIONS = {

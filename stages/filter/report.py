@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from rich.table import Table
 
 from granite_cli.console import console
-from granite_cli.records import read_records
+from granite_cli.data.records import read_records
 
 VERDICTS = ("accept", "borderline", "reject", "unjudged")
 BINS = [1 + 0.5 * i for i in range(9)]  # 1.0, 1.5, ..., 5.0

@@ -343,7 +343,7 @@ class BenchmarkIndex:
     D?") share their template with the benchmark's, and only a real copy shares most of them."""
 
     def __init__(self, paths: list[str], n: int, overlap: float):
-        from granite_cli.records import read_records
+        from granite_cli.data.records import read_records
 
         self.n, self.overlap = n, overlap
         self.prompts: list[str] = []

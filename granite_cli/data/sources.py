@@ -11,7 +11,7 @@ from typing import Iterator
 
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Source
-from granite_cli.records import ErrorPolicy, read_records
+from granite_cli.data.records import ErrorPolicy, read_records
 
 PARQUET_BATCH = 1024
 

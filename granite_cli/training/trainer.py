@@ -1,13 +1,17 @@
-"""The training loop every training stage shares (pretrain now; sft and rl reuse it).
+"""The training loop every training stage shares (pretrain, sft, extend-context, rl).
 
 A stage hands the trainer a model, a `BatchSource` (the global batch for a step, the same on every
-rank, as a pure function of the step number) and settings. Because data order is a function of the
-step, exact resume needs only the weights, the optimizer state and the step: a run killed at any
-point and restarted from its last checkpoint takes the same batches and ends with the same weights.
+rank, as a pure function of the step number), settings and a loss (granite_cli/training/losses.py;
+cross-entropy unless the stage brings its own). Because data order is a function of the step, exact
+resume needs only the weights, the optimizer state and the step: a run killed at any point and
+restarted from its last checkpoint takes the same batches and ends with the same weights.
 
-Each step: split the global batch across ranks and into micro-batches; sum the cross-entropy over
-target tokens and divide by the global batch's target-token count (so accumulation and data
-parallelism give the same gradient as one big batch); clip; set the LR from the schedule; step.
+Each step (`step_on`): split the global batch across ranks and into micro-batches; score each with
+`TokenLogprobs` (chunked: no full-vocabulary logits); sum the loss and divide by the loss's
+denominator over the global batch (so accumulation and data parallelism give the gradient of one
+big batch); clip; set the LR from the schedule; step. A stage that makes its own batches (rl: several
+optimizer steps on one rollout batch) calls `step_on` itself; `logprobs` and `reference_logprobs`
+score a batch without gradients under the current policy and a frozen copy of the starting model.
 """
 
 from __future__ import annotations
@@ -21,17 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
-from granite_cli import distributed
+from granite_cli.training import distributed
 from granite_cli.console import console
 from granite_cli.errors import BadInput
+from granite_cli.training.logprobs import IGNORE
+from granite_cli.training.losses import CrossEntropy, Loss
 
-IGNORE = -100
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class BatchSource(Protocol):
     def batch(self, step: int) -> dict:
-        """The global batch of `step`: {"input_ids": [B, T], "labels": [B, T], optional "position_ids"}."""
+        """The global batch of `step`: {"input_ids": [B, T], "labels": [B, T], optional "position_ids"} plus
+            whatever else the loss reads, every value a tensor with B rows."""
 
 
 @dataclass
@@ -56,6 +62,7 @@ class TrainSettings:
     parallel: str = "ddp"
     peak_flops: Optional[float] = None
     flops_per_token: float = 0.0
+    loss_chunk_tokens: int = 8192  # positions projected onto the vocabulary at a time
 
     def total_units(self) -> float:
         return self.steps * (self.global_batch * self.seq_len if self.schedule_unit == "tokens" else 1)
@@ -70,6 +77,8 @@ class Trainer:
     workdir: Path
     save: Callable[[Path, dict, Optional[dict]], None]
     validation: Optional[Callable[[object], dict]] = None
+    loss: Loss = field(default_factory=CrossEntropy)
+    reference: Optional[object] = None  # a frozen model (the stage's starting point) for reference_logprobs
     step: int = 0
     tokens: int = 0  # tokens processed (inputs, padding included): what the schedule, throughput and MFU count
     trained_tokens: int = 0  # target tokens the loss was taken over
@@ -83,11 +92,15 @@ class Trainer:
         if s.global_batch % (s.micro_batch * self.dist.world):
             raise BadInput(f"the global batch ({s.global_batch} sequences) must be a multiple of micro batch "
                            f"({s.micro_batch}) x processes ({self.dist.world})")
+        from granite_cli.training.logprobs import TokenLogprobs
+
         self.model.to(self.dist.device)
         # wrap before building the optimizer: FSDP2 replaces parameters with sharded ones in place
-        self.wrapped = distributed.wrap(self.model, self.dist, s.parallel)
+        self.wrapped = distributed.wrap(TokenLogprobs(self.model, s.loss_chunk_tokens), self.dist, s.parallel)
         self.optimizer = make_optimizer(self.model, s)
         self.forward = torch.compile(self.wrapped) if s.compile else self.wrapped
+        if self.reference is not None:
+            self.reference = TokenLogprobs(self.reference.to(self.dist.device).eval().requires_grad_(False), s.loss_chunk_tokens)
         self.metrics_path = self.workdir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ the loop
@@ -101,18 +114,15 @@ class Trainer:
         with progress(transient=False) as bar:
             task = bar.add_task("train", total=s.steps, completed=self.step, rate="")
             while self.step < s.steps:
-                loss, grad_norm, targets, n_tokens = self.train_step()
-                self.step += 1
-                self.tokens += n_tokens
-                self.trained_tokens += targets
+                result = self.step_on(self.train.batch(self.step))
+                n_tokens = result.pop("tokens_processed")
                 window_tokens += n_tokens
                 if self.step % s.log_every == 0 or self.step == s.steps:
                     elapsed = time.perf_counter() - window_start
                     last = self.log({"step": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
-                                     "loss": loss, "lr": self.last_lr,
-                                     "grad_norm": grad_norm, **self.speed(window_tokens, elapsed)})
+                                     **result, "lr": self.last_lr, **self.speed(window_tokens, elapsed)})
                     window_start, window_tokens = time.perf_counter(), 0
-                    bar.update(task, rate=f"loss {loss:.3f}  lr {self.last_lr:.2e}  {last['tokens_per_second']:,.0f} tok/s")
+                    bar.update(task, rate=f"loss {result['loss']:.3f}  lr {self.last_lr:.2e}  {last['tokens_per_second']:,.0f} tok/s")
                 if self.validation and (self.step == s.steps or (s.eval_every and self.step % s.eval_every == 0)):
                     last.update(self.log({"step": self.step, "tokens": self.tokens, **self.validation(self.wrapped)}))
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.step < s.steps:
@@ -121,26 +131,34 @@ class Trainer:
         last["wall_seconds"] = time.perf_counter() - started
         return last
 
-    def train_step(self) -> tuple[float, float, int, int]:
-        """One optimizer step: (mean loss over target tokens, gradient norm, target tokens, tokens processed)."""
+    def step_on(self, batch: dict) -> dict:
+        """One optimizer step on a global batch: {"loss", "grad_norm", the loss's metrics, "tokens_processed"}."""
         import torch
 
         s = self.settings
-        batch = self.train.batch(self.step)
         targets = int((batch["labels"] != IGNORE).sum())
-        if targets == 0:
+        denominator = self.loss.denominator(batch)
+        if targets == 0 or denominator <= 0:
             raise BadInput(f"step {self.step}: the batch has no target tokens")
-        rows = s.global_batch // self.dist.world
+        rows = len(batch["input_ids"]) // self.dist.world
+        micro_batch = min(s.micro_batch, rows)
+        if rows % micro_batch or rows * self.dist.world != len(batch["input_ids"]):
+            raise BadInput(f"a batch of {len(batch['input_ids'])} rows does not split into {self.dist.world} process(es) "
+                           f"x micro-batches of {micro_batch}")
         mine = {k: v[self.dist.rank * rows:(self.dist.rank + 1) * rows] for k, v in batch.items()}
-        micro_steps = rows // s.micro_batch
-        loss_sum = torch.zeros((), device=self.dist.device)
+        micro_steps = rows // micro_batch
+        sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.dist.device)}
         for i in range(micro_steps):
-            micro = {k: v[i * s.micro_batch:(i + 1) * s.micro_batch].to(self.dist.device) for k, v in mine.items()}
+            micro = {k: v[i * micro_batch:(i + 1) * micro_batch].to(self.dist.device) for k, v in mine.items()}
             with distributed.no_sync(self.wrapped, sync=i == micro_steps - 1), self.autocast():
-                ce = cross_entropy_sum(self.forward, micro)
-                (ce * self.dist.world / targets).backward()
-            loss_sum += ce.detach().float()
-        distributed.all_reduce_sum(loss_sum, self.dist)
+                logprobs, entropy = self.forward(micro["input_ids"], micro["labels"], micro.get("position_ids"),
+                                                 entropy=self.loss.wants_entropy)
+                loss_sum, metrics = self.loss(logprobs, entropy, micro)
+                (loss_sum * self.dist.world / denominator).backward()
+            for name, value in {"loss": loss_sum, **metrics}.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+        totals = torch.stack([sums[name] for name in sums])
+        distributed.all_reduce_sum(totals, self.dist)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip if s.grad_clip > 0 else math.inf)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
@@ -149,7 +167,27 @@ class Trainer:
             group["lr"] = self.last_lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss_sum) / targets, float(grad_norm), targets, int(batch["input_ids"].numel())
+        n_tokens = int(batch["input_ids"].numel())
+        self.step += 1
+        self.tokens += n_tokens
+        self.trained_tokens += targets
+        return {**{name: float(value) / denominator for name, value in zip(sums, totals)},
+                "grad_norm": float(grad_norm), "tokens_processed": n_tokens}
+
+    def logprobs(self, batch: dict, reference: bool = False):
+        """Per-token log-probabilities of a batch's labels (0 where there is none), without gradients, on the CPU:
+        the current policy's, or the frozen reference model's with reference=True."""
+        import torch
+
+        if reference and self.reference is None:
+            raise ValueError("this trainer holds no reference model")
+        scorer = self.reference if reference else self.wrapped
+        rows = []
+        with torch.no_grad(), self.autocast():
+            for start in range(0, len(batch["input_ids"]), self.settings.micro_batch):
+                micro = {k: v[start:start + self.settings.micro_batch].to(self.dist.device) for k, v in batch.items()}
+                rows.append(scorer(micro["input_ids"], micro["labels"], micro.get("position_ids"))[0].float().cpu())
+        return torch.cat(rows)
 
     def position(self) -> float:
         """Where the schedule is: tokens (or steps) since the first run of the lineage."""
@@ -179,6 +217,10 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ checkpoints and resume
+    def model_state(self) -> dict:
+        """The full (gathered) weights under the model's own names, as a checkpoint stores them."""
+        return {name.removeprefix("lm."): tensor for name, tensor in distributed.full_model_state(self.wrapped).items()}
+
     def trainer_state(self) -> dict:
         import torch
 
@@ -188,7 +230,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Save a resumable checkpoint under workdir/checkpoints/step-N and keep only the last few."""
-        model_state = distributed.full_model_state(self.wrapped)
+        model_state = self.model_state()
         state = self.trainer_state()
         if self.dist.main:
             directory = self.workdir / "checkpoints" / f"step-{self.step:07d}"
@@ -211,7 +253,7 @@ class Trainer:
         weights = load_file(str(latest / "model.safetensors"))
         if "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-        distributed.load_model_state(self.wrapped, weights)
+        distributed.load_model_state(self.wrapped, {f"lm.{name}": tensor for name, tensor in weights.items()})
         state = load_trainer_state(latest)
         distributed.load_optimizer_state(self.wrapped, self.optimizer, state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -233,17 +275,6 @@ def make_optimizer(model, s: TrainSettings):
         (decay if param.ndim >= 2 and "embed" not in name else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=0.0, betas=tuple(s.betas), eps=s.eps, foreach=True)
-
-
-def cross_entropy_sum(model, micro: dict):
-    """Summed next-token cross-entropy over the target tokens of a micro-batch (labels already shifted)."""
-    import torch.nn.functional as F
-
-    inputs = {"input_ids": micro["input_ids"]}
-    if "position_ids" in micro:
-        inputs["position_ids"] = micro["position_ids"]
-    logits = model(**inputs, use_cache=False).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), micro["labels"].flatten(), ignore_index=IGNORE, reduction="sum")
 
 
 def step_checkpoints(workdir: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from granite_cli import cli
+from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
 
@@ -30,8 +30,8 @@ def chat_command(
     tools: Optional[str] = typer.Option(None, "--tools", help="JSON file with a list of tool specs (JSON-schema functions) the model may call."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.0, "--temperature", help="0: greedy; above 0: sampling at this temperature."),
-    seed: int = cli.SeedOption,
-    device: str = cli.DeviceOption,
+    seed: int = options.SeedOption,
+    device: str = options.DeviceOption,
 ) -> None:
     """Chat with a checkpoint: type a message, read the streamed answer; /exit (or end of input) quits."""
     from model.checkpoint import load_for_generation

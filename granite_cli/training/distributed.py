@@ -77,7 +77,7 @@ def wrap(model, dist: Dist, mode: str):
 
         if not torch.distributed.is_initialized():
             raise BadInput("--parallel fsdp needs a process group: launch with torchrun (--nproc-per-node 1 for one GPU)")
-        for layer in model.model.layers:
+        for layer in getattr(model, "lm", model).model.layers:  # the trainer wraps the model in TokenLogprobs
             fully_shard(layer)
         fully_shard(model)
         return model

@@ -73,10 +73,9 @@ def input_record(path: Path, manifest: Optional[Path] = None) -> dict:
 def finish(trainer, stage: str, out: Path, workdir: Path, lineage: list[dict], arguments: dict, inputs: list[dict],
            tokenizer_dir: Path, summary: dict) -> dict:
     """Write the final checkpoint with its lineage entry, then move the run into place under `out`."""
-    from granite_cli import distributed
     from model.checkpoint import lineage_entry, save_checkpoint
 
-    model_state = distributed.full_model_state(trainer.wrapped)
+    model_state = trainer.model_state()
     state = trainer.trainer_state()
     metrics = {k: v for k, v in summary.items() if k in ("loss", "val_loss", "val_bpb", "tokens_per_second", "mfu", "wall_seconds")}
     metrics.update(tokens=trainer.tokens, trained_tokens=trainer.trained_tokens, steps=trainer.step, final_lr=trainer.last_lr)
@@ -114,8 +113,8 @@ def train_settings(schedule, training: dict, *, offset: int, n_steps: int, globa
     """TrainSettings from a built schedule, a recipe's training table (weight decay, betas, clipping) and the flags."""
     import torch
 
-    from granite_cli.flops import flops_per_token, measure_peak_flops
-    from granite_cli.trainer import TrainSettings
+    from granite_cli.training.flops import flops_per_token, measure_peak_flops
+    from granite_cli.training.trainer import TrainSettings
 
     precision = resolve_precision(precision, dist)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -127,45 +126,3 @@ def train_settings(schedule, training: dict, *, offset: int, n_steps: int, globa
         log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every, keep_last=keep_last,
         precision=precision, compile=compile, parallel=parallel, peak_flops=peak_flops,
         flops_per_token=flops_per_token(model.config, seq))
-
-
-# ------------------------------------------------------------------ validation
-class Validator:
-    """Mean loss (and bits per byte, given token byte lengths) over a fixed set of held-out rows.
-
-    `rows(indices)` returns a batch {"input_ids", "labels"[, "position_ids"]} for those row indices;
-    every rank takes every world-th row, and the count is rounded down to a multiple of the world
-    size so that every rank runs the same number of forwards (FSDP needs them to match).
-    """
-
-    def __init__(self, rows: Callable[[list[int]], dict], count: int, micro_batch: int, dist, autocast, byte_lengths=None):
-        self.rows, self.micro, self.dist, self.autocast, self.byte_lengths = rows, micro_batch, dist, autocast, byte_lengths
-        self.count = count - count % dist.world
-
-    def __call__(self, model) -> dict:
-        import torch
-
-        from granite_cli.distributed import all_reduce_sum
-        from granite_cli.trainer import IGNORE, cross_entropy_sum
-
-        if self.count == 0:
-            return {}
-        mine = list(range(self.dist.rank, self.count, self.dist.world))
-        totals = torch.zeros(3, dtype=torch.float64)
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(mine), self.micro):
-                batch = self.rows(mine[start:start + self.micro])
-                micro = {k: v.to(self.dist.device) for k, v in batch.items()}
-                with self.autocast():
-                    totals[0] += float(cross_entropy_sum(model, micro))
-                targets = batch["labels"][batch["labels"] != IGNORE]
-                totals[1] += targets.numel()
-                if self.byte_lengths is not None:
-                    totals[2] += float(self.byte_lengths[targets.numpy()].sum())
-        model.train()
-        all_reduce_sum(totals, self.dist)
-        result = {"val_loss": float(totals[0] / max(totals[1], 1)), "val_tokens": int(totals[1])}
-        if self.byte_lengths is not None:
-            result["val_bpb"] = float(totals[0] / (math.log(2) * max(totals[2], 1)))
-        return result

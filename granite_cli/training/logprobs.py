@@ -1,0 +1,79 @@
+"""Per-token log-probabilities of a causal LM, a chunk of positions at a time.
+
+Every loss the trainer knows (cross-entropy for pretrain, sft and extend-context; the policy-gradient
+loss of rl) is a function of log p(target token), so the model is wrapped once in `TokenLogprobs`
+and the losses read its output. The full-vocabulary logits of a long sequence never exist at once:
+for Granite's 100,352-entry vocabulary a 32K-token row would need 13 GB of fp32 logits. Each chunk
+of positions is projected, reduced to its target log-probability (and entropy), and dropped; the
+backward pass recomputes the chunk (activation checkpointing), so memory holds one chunk's logits
+in both directions.
+
+The wrapper is what DDP/FSDP wrap: the projection runs inside the wrapped forward, so the tied
+embedding/LM-head weight is gathered and synchronised exactly as in the model's own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100  # a label that carries no loss (prompt tokens, padding, masked turns)
+
+
+class TokenLogprobs(torch.nn.Module):
+    """forward(input_ids, labels[, position_ids]) -> (log p(label) per position, entropy per position or None).
+
+    Positions whose label is IGNORE get log-probability 0 and entropy 0.
+    `chunk_tokens` positions (over the whole micro-batch) are projected onto the vocabulary at a time.
+    """
+
+    def __init__(self, lm, chunk_tokens: int = 8192):
+        super().__init__()
+        self.lm = lm
+        self.chunk_tokens = chunk_tokens
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def forward(self, input_ids, labels, position_ids=None, entropy: bool = False):
+        inputs = {"input_ids": input_ids, "use_cache": False}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        hidden = self.lm.model(**inputs).last_hidden_state
+        return chunked_logprobs(hidden, self.lm.lm_head.weight, labels, self.scale(), self.chunk_tokens, entropy)
+
+    def scale(self) -> float:
+        """Granite divides its logits by `logits_scaling` (1 for models without it)."""
+        return 1.0 / float(getattr(self.lm.config, "logits_scaling", 1.0) or 1.0)
+
+
+def chunked_logprobs(hidden, weight, labels, scale: float, chunk_tokens: int, entropy: bool = False):
+    """log p(labels) from final hidden states [B, T, H] and the output projection [V, H], chunk by chunk."""
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_labels = labels.reshape(-1)
+    pieces, entropies = [], []
+    for start in range(0, flat_labels.numel(), chunk_tokens):
+        part = (flat_hidden[start:start + chunk_tokens], weight, flat_labels[start:start + chunk_tokens])
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            logp, ent = checkpoint(_chunk, *part, scale, entropy, use_reentrant=False)
+        else:
+            logp, ent = _chunk(*part, scale, entropy)
+        pieces.append(logp)
+        entropies.append(ent)
+    logprobs = torch.cat(pieces).view(labels.shape)
+    return logprobs, (torch.cat(entropies).view(labels.shape) if entropy else None)
+
+
+def _chunk(hidden, weight, labels, scale: float, entropy: bool):
+    logits = F.linear(hidden, weight).float() * scale
+    log_norm = torch.logsumexp(logits, dim=-1)
+    keep = labels != IGNORE
+    picked = logits.gather(1, labels.clamp(min=0)[:, None]).squeeze(1)
+    logp = torch.where(keep, picked - log_norm, torch.zeros_like(log_norm))
+    if not entropy:
+        return logp, torch.zeros(0, device=logp.device)
+    probs = torch.softmax(logits, dim=-1)
+    ent = log_norm - (probs * logits).sum(-1)
+    return logp, torch.where(keep, ent, torch.zeros_like(ent))

@@ -1,0 +1,113 @@
+"""The shared training core: chunked log-probabilities, a pluggable loss, several steps on one batch, a reference model."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GraniteForCausalLM
+
+from granite_cli.training.distributed import Dist
+from granite_cli.training.logprobs import IGNORE, TokenLogprobs, chunked_logprobs
+from granite_cli.training.losses import CrossEntropy
+from granite_cli.training.schedules import Constant
+from granite_cli.training.trainer import Trainer, TrainSettings
+from model.presets import build_config
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return GraniteForCausalLM(build_config("depth-2", vocab_size=97, bos_id=0, eos_id=0, pad_id=1))
+
+
+def batch_of(rows=4, length=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 97, (rows, length + 1), generator=generator)
+    labels = ids[:, 1:].clone()
+    labels[:, :3] = IGNORE  # a prompt that carries no loss
+    return {"input_ids": ids[:, :-1], "labels": labels}
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_chunked_logprobs_equal_the_plain_cross_entropy_in_value_and_gradient(chunk):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 7))
+    labels[0, :2] = IGNORE
+    scale = 1 / 8  # Granite divides its logits by logits_scaling
+
+    plain = F.cross_entropy((hidden @ weight.T * scale).flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    plain_grads = torch.autograd.grad(plain, (hidden, weight))
+    logprobs, _ = chunked_logprobs(hidden, weight, labels, scale, chunk)
+    chunked = -logprobs.sum()
+    chunked_grads = torch.autograd.grad(chunked, (hidden, weight))
+
+    assert torch.allclose(chunked, plain, rtol=1e-6)
+    for mine, theirs in zip(chunked_grads, plain_grads):
+        assert torch.allclose(mine, theirs, atol=1e-6)
+    assert (logprobs[labels == IGNORE] == 0).all()
+
+
+def test_token_logprobs_match_the_models_own_logits_and_entropy():
+    model = tiny_model()
+    batch = batch_of()
+    logprobs, entropy = TokenLogprobs(model, chunk_tokens=7)(batch["input_ids"], batch["labels"], entropy=True)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits.float()  # logits_scaling already applied by transformers
+    reference = torch.log_softmax(logits, -1).gather(-1, batch["labels"].clamp(min=0)[..., None]).squeeze(-1)
+    reference_entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    keep = batch["labels"] != IGNORE
+    assert torch.allclose(logprobs[keep], reference[keep], atol=1e-5)
+    assert torch.allclose(entropy[keep], reference_entropy[keep], atol=1e-5)
+
+
+def make_trainer(tmp_path, loss=None, reference=None, micro_batch=2):
+    model = tiny_model()
+    settings = TrainSettings(steps=3, global_batch=4, micro_batch=micro_batch, seq_len=12, schedule=Constant(peak_lr=1e-2),
+                             schedule_unit="steps", weight_decay=0.0)
+    return Trainer(model, settings, train=None, dist=Dist(0, 1, 0, torch.device("cpu")), workdir=tmp_path,
+                   save=lambda *a: None, loss=loss or CrossEntropy(), reference=reference)
+
+
+def test_accumulation_gives_the_gradient_of_one_big_batch(tmp_path):
+    one, two = make_trainer(tmp_path, micro_batch=4), make_trainer(tmp_path, micro_batch=1)
+    for trainer in (one, two):  # keep the gradients to compare them
+        trainer.optimizer.step, trainer.optimizer.zero_grad = (lambda: None), (lambda **kw: None)
+    batch = batch_of()
+    first, second = one.step_on(batch), two.step_on(batch)
+    assert first["loss"] == pytest.approx(second["loss"], rel=1e-6)
+    for a, b in zip(one.model.parameters(), two.model.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+class RowWeighted:
+    """A loss of another shape than cross-entropy: per-row weights read from an extra batch key, normalised by rows."""
+
+    wants_entropy = True
+
+    def denominator(self, batch):
+        return float(len(batch["input_ids"]))
+
+    def __call__(self, logprobs, entropy, micro):
+        per_row = -(logprobs.sum(-1) / (micro["labels"] != IGNORE).sum(-1))
+        return (per_row * micro["weight"]).sum(), {"entropy": entropy.sum(-1).mean() * len(per_row)}
+
+
+def test_a_loss_is_a_component_and_one_batch_takes_several_optimizer_steps(tmp_path):
+    trainer = make_trainer(tmp_path, loss=RowWeighted(), reference=copy.deepcopy(tiny_model()))
+    batch = {**batch_of(), "weight": torch.tensor([1.0, 0.0, 0.0, 0.0])}
+    before = trainer.logprobs(batch)
+    losses = [trainer.step_on(batch)["loss"] for _ in range(3)]  # three updates on one (rollout) batch
+    after = trainer.logprobs(batch)
+    assert trainer.step == 3
+    assert losses[2] < losses[0]  # only row 0 carries weight: its likelihood rises
+    assert after[0].sum() > before[0].sum()
+    # the reference is frozen at the starting weights: its log-probabilities are the policy's before training
+    assert torch.allclose(trainer.logprobs(batch, reference=True), before, atol=1e-6)
+    assert all(not p.requires_grad for p in trainer.reference.parameters())
+
+
+def test_a_metric_of_the_loss_is_reported(tmp_path):
+    result = make_trainer(tmp_path, loss=RowWeighted()).step_on({**batch_of(), "weight": torch.ones(4)})
+    assert result["entropy"] > 0 and result["grad_norm"] > 0
