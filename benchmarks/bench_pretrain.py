@@ -25,7 +25,7 @@ SEQ, GLOBAL, MICRO = 256, 32, 16
 def windows_source(seq: int, batch: int):
     """Token windows over the tiny recipe's phase-1 shards (made by `make all`)."""
     from granite_cli.data.shards import ShardSet
-    from stages.pretrain import TokenWindows
+    from granite_cli.data.windows import TokenWindows
 
     shards = REPO / "runs" / "tiny" / "shards" / "phase-1"
     if not (shards / "manifest.json").exists():
@@ -47,12 +47,12 @@ def granite_seconds_per_step(preset: str, steps: int, vocab: int) -> tuple[float
     settings = TrainSettings(steps=steps, global_batch=GLOBAL, micro_batch=MICRO, seq_len=SEQ,
                              schedule=build_schedule({"name": "constant"}, 1e-3, total=1))
     dist = distributed.Dist(0, 1, 0, torch.device("cpu"))
-    trainer = Trainer(model, settings, windows_source(SEQ, GLOBAL), dist, Path("/tmp"), save=lambda *a: None)
+    batches = windows_source(SEQ, GLOBAL)
+    trainer = Trainer(model, settings, batches, dist, Path("/tmp"), save=lambda *a: None)
     times = []
     for _ in range(steps + 2):
         start = time.perf_counter()
-        trainer.train_step()
-        trainer.step += 1
+        trainer.step_on(batches.batch(trainer.step))
         times.append(time.perf_counter() - start)
     return statistics.median(times[2:]), model.config
 

@@ -20,6 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from granite_cli.errors import BadInput
+from granite_cli.rundir import RunDir
 
 PACKAGED_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "tiny"
@@ -100,6 +101,11 @@ class Recipe:
     sources: dict[str, Source]
     phases: dict[int, Phase]
     raw: dict
+
+    @property
+    def paths(self) -> RunDir:
+        """Where each stage's default inputs and outputs live (granite_cli/rundir.py)."""
+        return RunDir(self.run_dir)
 
     def phase(self, number: int) -> Phase:
         if number not in self.phases:

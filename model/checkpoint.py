@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md contract 5): a Hugging Face model directory plus trainer state and lineage.
+"""Checkpoints (docs/design.md, contract 5): a Hugging Face model directory plus trainer state and lineage.
 
     CKPT/config.json, model.safetensors, generation_config.json   -> AutoModelForCausalLM
     CKPT/tokenizer.json, tokenizer_config.json, chat_template.jinja -> AutoTokenizer
@@ -12,11 +12,11 @@ directory under a checkpoint's name is always complete. `lineage.json` is read b
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from granite_cli.data.atomic import atomic_directory
 from granite_cli.errors import BadInput
 
 TRAINER_STATE = "trainer_state.pt"
@@ -31,13 +31,15 @@ def is_checkpoint(path: Path) -> bool:
 def save_checkpoint(directory: Path, model_state: dict, config, tokenizer_dir: Path, lineage: list[dict],
                     trainer_state: dict | None = None) -> None:
     """Write a complete checkpoint atomically (temporary sibling, then rename)."""
+    with atomic_directory(Path(directory)) as tmp:
+        _write_checkpoint(tmp, model_state, config, tokenizer_dir, lineage, trainer_state)
+
+
+def _write_checkpoint(tmp: Path, model_state: dict, config, tokenizer_dir: Path, lineage: list[dict],
+                      trainer_state: dict | None) -> None:
     import torch
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     # tied embeddings: store the shared tensor once, as transformers does
     tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()
                if not (config.tie_word_embeddings and k == "lm_head.weight")}
@@ -50,13 +52,6 @@ def save_checkpoint(directory: Path, model_state: dict, config, tokenizer_dir: P
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
     (tmp / LINEAGE).write_text(json.dumps(lineage, indent=2))
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
 
 
 def _generation_config(config):

@@ -34,7 +34,8 @@ from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Recipe, Source, format_count, load_recipe
-from granite_cli.data.records import ErrorPolicy, atomic_path, dumps, record_writer
+from granite_cli.data.atomic import atomic_path
+from granite_cli.data.records import ErrorPolicy, dumps, record_writer
 from granite_cli.data.sources import read_split, source_units
 
 SHUFFLE_BUFFER = 1024

@@ -4,13 +4,13 @@
 
 1. settings: the recipe's [sft] table (IBM: 3 epochs, LR 5e-6, 3% warmup then linear decay, 16K
    packed sequences, 256 sequences a step); flags win.
-2. data: chat samples (DESIGN.md contract 2) rendered by model/chat_format.py into ids and a loss
+2. data: chat samples (docs/design.md, contract 2) rendered by model/chat_format.py into ids and a loss
    mask; a seeded hash of each id sets aside the validation split; over-long conversations have
    their last answer truncated or are dropped (`--overlong`), each counted.
 3. packing: best-fit decreasing into rows of seq_len tokens; position ids restart at every
    conversation, which the attention reads as a block-diagonal mask (transformers derives it from
    the position ids when no attention mask is given), so no token sees another conversation.
-4. train: the shared loop (granite_cli/trainer.py); the loss is the sum over trained tokens divided
+4. train: the shared loop (granite_cli/training/); the loss is the sum over trained tokens divided
    by the trained tokens of the global batch, so packing changes nothing but speed.
 5. checkpoint: a Hugging Face directory whose chat template is the one trained on, plus lineage.
 """
@@ -29,20 +29,17 @@ import typer
 
 from granite_cli import options
 from granite_cli.console import console
-from granite_cli.training.validation import Validator
 from granite_cli.errors import BadInput
-from granite_cli.training.run import (CheckpointEveryOption, CompileOption, EvalEveryOption, KeepLastOption, LogEveryOption,
-                                      MicroBatchOption, OverwriteOption, ParallelOption, PeakTflopsOption, PrecisionOption,
-                                      ResumeOption, checkpoint_writer, finish, input_record, prepare_output,
-                                      train_settings, work_directory)
+from granite_cli.training.logprobs import IGNORE
+from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
 
-IGNORE = -100
 # IBM's published SFT settings (RECIPE.md); a recipe's [sft] table overrides them.
 PUBLISHED = {"epochs": 3, "lr": 5e-6, "warmup": "3%", "seq_len": 16384, "batch_sequences": 256, "val_fraction": 0.02,
              "weight_decay": 0.0, "betas": [0.9, 0.95], "grad_clip": 1.0}
 OVERLONG = ("truncate", "drop")
 
 
+@training_command
 def sft_command(
     data: Optional[list[str]] = typer.Argument(None, help="Chat-sample JSONL files. Default: <run-dir>/filter/kept.jsonl.zst."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory. Default: <run-dir>/checkpoints/sft."),
@@ -60,24 +57,13 @@ def sft_command(
                                                                 "answer (dropped when even its start does not fit) or 'drop' it."),
     packing: bool = typer.Option(True, "--packing/--no-packing", help="Pack several conversations per sequence (best-fit), or one per sequence."),
     on_error: str = options.OnErrorOption,
-    seed: int = options.SeedOption,
-    micro_batch: int = MicroBatchOption,
-    eval_every: int = EvalEveryOption,
-    checkpoint_every: int = CheckpointEveryOption,
-    keep_last: int = KeepLastOption,
-    log_every: int = LogEveryOption,
-    resume: bool = ResumeOption,
-    overwrite: bool = OverwriteOption,
-    precision: str = PrecisionOption,
-    compile: bool = CompileOption,
-    parallel: str = ParallelOption,
-    device: str = options.DeviceOption,
-    peak_tflops: Optional[float] = PeakTflopsOption,
+    flags: TrainingFlags = None,
 ) -> None:
     """Fine-tune a checkpoint on chat samples (assistant tokens only), packed, with the shared training loop."""
-    from granite_cli.training import distributed
-    from granite_cli.recipe import load_recipe
     from granite_cli.data.records import ErrorPolicy, read_records
+    from granite_cli.recipe import load_recipe
+    from granite_cli.rundir import resolve_init
+    from granite_cli.training.schedules import build_schedule
 
     loaded = load_recipe(recipe, run_dir)
     table = {**PUBLISHED, **loaded.raw.get("sft", {})}
@@ -86,82 +72,52 @@ def sft_command(
     n_epochs = epochs if epochs is not None else float(table["epochs"])
     if overlong not in OVERLONG:
         raise BadInput(f"--overlong must be one of {', '.join(OVERLONG)}")
-    paths = list(data) if data else [str(loaded.run_dir / "filter" / "kept.jsonl.zst")]
-    out = Path(output) if output else loaded.run_dir / "checkpoints" / "sft"
-    workdir = work_directory(out)
-    prepare_output(out, workdir, resume, overwrite)
-    parent = base_checkpoint(init_from, loaded.run_dir)
-
-    dist = distributed.setup(device)
-    try:
-        import torch
-
-        from model.checkpoint import load_model, read_lineage
-
-        tokenizer_dir = workdir / "tokenizer"
-        tokenizer = chat_tokenizer(parent, tokenizer_dir if dist.main else None)
+    paths = list(data) if data else [str(loaded.paths.kept_samples)]
+    out = Path(output) if output else loaded.paths.checkpoint("sft")
+    with TrainingRun("sft", out, flags) as run:
+        parent = resolve_init(init_from, loaded.paths.newest_base_model(),
+                              f"no pre-trained checkpoint in {loaded.paths.checkpoint('')}: run `granite pretrain` first, "
+                              f"or pass --init-from CKPT")
+        tokenizer_dir = run.workdir / "tokenizer"
+        tokenizer = chat_tokenizer(parent, tokenizer_dir if run.dist.main else None)
         policy = ErrorPolicy(on_error)
         fraction = val_fraction if val_fraction is not None else float(table["val_fraction"])
         train_set, val_set, counts = prepare_conversations(read_records(paths, policy), tokenizer, seq, overlong, fraction,
-                                                           seed, policy)
+                                                           flags.seed, policy)
         policy.report()
-        torch.manual_seed(seed)
-        model = load_model(parent, dtype=torch.float32)
-        if seq > model.config.max_position_embeddings:
-            raise BadInput(f"--seq-len {seq} exceeds the model's max_position_embeddings ({model.config.max_position_embeddings})")
+        model, lineage = base_model(parent, seq, flags.seed)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # never trained on
-        train = PackedConversations(train_set, seq, global_batch, seed, n_epochs, packing, pad_id)
+        train = PackedConversations(train_set, seq, global_batch, flags.seed, n_epochs, packing, pad_id)
         if train.steps < 1:
             raise BadInput(f"{len(train_set)} training conversations pack into {train.rows_per_epoch} sequences: fewer than "
                            f"one batch of {global_batch}; lower --batch-sequences or add data")
-        from granite_cli.training.schedules import build_schedule
-
         peak_lr = lr if lr is not None else float(table["lr"])
         schedule = build_schedule({"name": "linear", "warmup": warmup or table["warmup"], "final_lr_ratio": 0.0},
                                   peak_lr, train.steps * global_batch * seq)
-        settings = train_settings(schedule, table, offset=0, n_steps=train.steps, global_batch=global_batch,
-                                  micro_batch=min(micro_batch, global_batch), seq=seq, model=model, dist=dist,
-                                  precision=precision, compile=compile, parallel=parallel, peak_tflops=peak_tflops,
-                                  log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                                  keep_last=keep_last)
-        report_plan(parent, train, counts, settings, peak_lr, dist)
-        from granite_cli.training.trainer import Trainer
-
-        lineage = read_lineage(parent)
-        workdir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(model, settings, train, dist, workdir, save=checkpoint_writer(model.config, tokenizer_dir, lineage))
+        settings = run.settings(schedule, table, offset=0, n_steps=train.steps, global_batch=global_batch, seq=seq, model=model)
+        report_plan(parent, train, counts, settings, peak_lr, run.dist)
+        trainer = run.trainer(model, settings, train, tokenizer_dir, lineage)
         if val_set:
-            val = PackedConversations(val_set, seq, 1, seed, 1, packing, pad_id)
-            trainer.validation = Validator(val.rows_at, val.rows_per_epoch, min(micro_batch, 16), dist, trainer.autocast)
-        if resume and not trainer.resume():
-            console.print("no step checkpoint to resume from: starting from the beginning")
-        summary = trainer.run()
-        finish(trainer, "sft", out, workdir, lineage, {
+            val = PackedConversations(val_set, seq, 1, flags.seed, 1, packing, pad_id)
+            trainer.validation = run.validator(trainer, val.rows_at, val.rows_per_epoch)
+        run.finish(trainer, run.train(trainer), {
             "recipe": loaded.name, "epochs": n_epochs, "steps": train.steps, "seq_len": seq, "global_batch": global_batch,
-            "lr": peak_lr, "packing": packing,
-            "overlong": overlong, "seed": seed, "conversations": counts, "command": sys.argv,
-        }, [input_record(Path(p)) for p in paths if p != "-"], tokenizer_dir, summary)
-        distributed.barrier(dist)
-    finally:
-        distributed.teardown(dist)
+            "lr": peak_lr, "packing": packing, "overlong": overlong, "conversations": counts, "command": sys.argv,
+        }, [input_record(Path(p)) for p in paths if p != "-"])
 
 
 # ------------------------------------------------------------------ inputs
-def base_checkpoint(init_from: Optional[str], run_dir: Path) -> Path:
-    """The checkpoint SFT starts from: --init-from, else the run directory's newest pre-training result."""
-    from model.checkpoint import is_checkpoint
+def base_model(parent: Path, seq_len: int, seed: int):
+    """The base checkpoint's weights (in fp32, seeded) and its lineage."""
+    import torch
 
-    if init_from:
-        if not (Path(init_from) / "config.json").exists():
-            raise BadInput("--init-from is not a checkpoint directory (no config.json)", init_from)
-        return Path(init_from)
-    checkpoints = run_dir / "checkpoints"
-    candidates = [checkpoints / "extend-context"] + sorted(checkpoints.glob("pretrain-phase-*"), reverse=True,
-                                                          key=lambda p: p.name)
-    for candidate in candidates:
-        if is_checkpoint(candidate):
-            return candidate
-    raise BadInput(f"no pre-trained checkpoint in {checkpoints}: run `granite pretrain` first, or pass --init-from CKPT")
+    from model.checkpoint import load_model, read_lineage
+
+    torch.manual_seed(seed)
+    model = load_model(parent, dtype=torch.float32)
+    if seq_len > model.config.max_position_embeddings:
+        raise BadInput(f"--seq-len {seq_len} exceeds the model's max_position_embeddings ({model.config.max_position_embeddings})")
+    return model, read_lineage(parent)
 
 
 def chat_tokenizer(parent: Path, save_to: Optional[Path]):

@@ -32,6 +32,7 @@ from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import format_count, load_recipe, parse_count
+from granite_cli.data.atomic import atomic_directory, partial_directory, publish
 from granite_cli.data.records import STDIO, ErrorPolicy, input_paths, read_records
 from granite_cli.data.sources import read_unit, source_units
 
@@ -120,7 +121,7 @@ def write_shards(documents: Iterator[dict], tok, identity: dict, out: Path, shar
 
     if (out / MANIFEST).exists() and not overwrite:
         raise BadInput("output already exists and is complete; pass --overwrite to replace it", str(out))
-    partial = out.with_name(f".{out.name}.partial")
+    partial = partial_directory(out)
     state = _resume_state(partial, identity)
     dtype = token_dtype(identity["vocab_size"])
     writer = ShardWriter(partial, dtype, shard_tokens, first_shard=len(state["shards"]))
@@ -166,9 +167,7 @@ def write_shards(documents: Iterator[dict], tok, identity: dict, out: Path, shar
         "shard_tokens": shard_tokens})
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (partial / PROGRESS_FILE).unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    publish(partial, out)
     return dict(manifest, tokens_per_second=tokens_done / max(elapsed, 1e-9))
 
 
@@ -272,11 +271,8 @@ def train_command(
 
     started = time.perf_counter()
     tokenizer = train_bpe(texts, size, min_frequency, loaded.tokenizer.get("name", "granite-bpe"))
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    tokenizer.save_pretrained(str(partial))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(partial, out)
+    with atomic_directory(out) as staged:
+        tokenizer.save_pretrained(str(staged))
     policy.report()
     console.print(f"trained a {len(tokenizer)}-token BPE tokenizer in {time.perf_counter() - started:.1f}s → [bold]{out}[/]")
 

@@ -144,7 +144,8 @@ def test_a_later_phase_needs_the_previous_one(run_dir, tmp_path):
 
 
 def test_a_directory_of_job_array_parts_counts_as_all_of_them(run_dir, tmp_path):
-    from stages.pretrain import load_tokenizer_checked, open_shards
+    from granite_cli.data.tokenizer_io import load_tokenizer_checked
+    from granite_cli.data.windows import open_shards
 
     parts = tmp_path / "phase-1"
     for index in range(2):

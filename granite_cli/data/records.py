@@ -21,6 +21,7 @@ import orjson
 import zstandard
 
 from granite_cli.console import console
+from granite_cli.data.atomic import atomic_path
 from granite_cli.errors import BadInput
 
 STDIO = "-"
@@ -124,26 +125,6 @@ def input_paths(inputs: list[str] | None) -> list[str]:
 
 def dumps(record: dict) -> bytes:
     return orjson.dumps(record) + b"\n"
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`, renamed onto it only if the block succeeds.
-
-    A `final` that exists but is no regular file (/dev/null, a named pipe) is yielded as it is and
-    written in place: renaming a file onto it would replace the device itself.
-    """
-    if final.exists() and not final.is_file():
-        yield final
-        return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextlib.contextmanager

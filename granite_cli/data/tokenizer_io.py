@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from granite_cli.errors import BadInput
@@ -37,3 +38,26 @@ def tokenizer_identity(tokenizer, path: str) -> dict:
         "eos_token": tokenizer.eos_token,
         "eos_id": tokenizer.eos_token_id,
     }
+
+
+def load_tokenizer_checked(directory: Path) -> dict:
+    """The tokenizer's hash (to match against shards) and per-token byte lengths (for bits per byte)."""
+    tok = load_tokenizer(str(directory))
+    identity = tokenizer_identity(tok, str(directory))
+    return {**identity, "byte_lengths": token_byte_lengths(tok), "eos_id": tok.eos_token_id,
+            "pad_id": tok.pad_token_id, "size": len(tok)}
+
+
+def token_byte_lengths(tok):
+    """UTF-8 bytes each token id stands for (0 for special tokens): the denominator of bits per byte."""
+    import numpy as np
+
+    lengths = np.zeros(len(tok), dtype=np.int64)
+    byte_level = json.loads(tok.backend_tokenizer.to_str()).get("decoder", {}) or {}
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    for token_id, token in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+        if token_id in special or token is None:
+            continue
+        # byte-level BPE maps each byte to one printable character, so characters count bytes
+        lengths[token_id] = len(token) if byte_level.get("type") == "ByteLevel" else len(tok.decode([token_id]).encode())
+    return lengths

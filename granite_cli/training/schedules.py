@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from granite_cli.errors import BadInput
 
@@ -157,3 +158,23 @@ class _Shifted:
 
     def lr(self, n: float, total: float) -> float:
         return self.inner.lr(n - self.offset, total)
+
+
+def lineage_tokens_and_lr(lineage: list[dict]) -> tuple[int, Optional[float]]:
+    """Tokens trained on so far along the lineage, and the last LR it used (a continuing schedule starts there)."""
+    tokens = sum(entry.get("metrics", {}).get("tokens", 0) for entry in lineage)
+    last_lr = lineage[-1].get("metrics", {}).get("final_lr") if lineage else None
+    return tokens, last_lr
+
+
+def continue_schedule(table: dict, lineage: list[dict], total_tokens: int, lr, warmup, schedule_name):
+    """A phase's LR schedule (the recipe's `table`, flags on top), continuing the lineage's token count and last LR:
+    (schedule, tokens already trained along the lineage)."""
+    offset, parent_lr = lineage_tokens_and_lr(lineage)
+    table = dict(table)
+    if schedule_name:
+        table["name"] = schedule_name
+    if warmup is not None:
+        table["warmup"] = warmup
+    peak = lr if lr is not None else (table.get("peak_lr") or parent_lr)
+    return build_schedule(table, peak, total_tokens, offset), offset

@@ -29,7 +29,7 @@ from rich.table import Table
 from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
-from granite_cli.data.records import atomic_path
+from granite_cli.data.atomic import atomic_path
 from stages.eval.backends import Endpoint, GenerationRequest, LocalModel
 from stages.eval.judged import add_interval
 from stages.eval.published import MODELS, PUBLISHED

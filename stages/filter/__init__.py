@@ -25,7 +25,8 @@ from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Recipe, expand_path, load_recipe
-from granite_cli.data.records import ErrorPolicy, atomic_path, dumps, input_paths, read_records, record_writer
+from granite_cli.data.atomic import atomic_path
+from granite_cli.data.records import ErrorPolicy, dumps, input_paths, read_records, record_writer
 from stages.filter import report as report_module
 from stages.filter.curate import DEDUP_RULES, OPTIONAL_CHECKS, Check, Curator
 from stages.filter.dedup import ExactIndex, MinHashIndex

@@ -1,0 +1,229 @@
+"""What every training stage (pretrain, sft, extend-context, rl) does around the shared loop.
+
+    @training_command                         # adds the options every training stage takes
+    def pretrain_command(..., flags: TrainingFlags):
+        with TrainingRun("pretrain", out, flags) as run:
+            model, lineage = starting_model(parent, preset, tokenizer, seq_len, seed)
+            trainer = run.trainer(model, run.settings(schedule, ...), batches, tokenizer_dir, lineage)
+            trainer.validation = run.validator(rows, count)
+            run.finish(trainer, run.train(trainer), arguments, inputs)
+
+A run trains in `.<out>.partial/` beside its output and is published under `out` when it finishes,
+so an interrupted run never looks like a checkpoint; `--resume` continues it, `--overwrite`
+discards it. The final checkpoint carries the trainer state and a lineage entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from granite_cli import options
+from granite_cli.console import console
+from granite_cli.data.atomic import partial_directory, publish
+from granite_cli.errors import BadInput
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainingFlags:
+    """The options every training stage takes (the help text is each field's Typer option below)."""
+
+    micro_batch: int = 16
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    keep_last: int = 2
+    log_every: int = 10
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    precision: str = "auto"
+    compile: bool = False
+    parallel: str = "ddp"
+    device: str = "auto"
+    peak_tflops: Optional[float] = None
+
+
+_OPTIONS = {
+    "micro_batch": (int, typer.Option(16, "--micro-batch", help="Sequences per forward/backward on each process (gradient accumulation covers the rest).")),
+    "eval_every": (int, typer.Option(0, "--eval-every", help="Validate every N steps (0: only at the end).")),
+    "checkpoint_every": (int, typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps (0: only the final one).")),
+    "keep_last": (int, typer.Option(2, "--keep-last", help="Step checkpoints to keep.")),
+    "log_every": (int, typer.Option(10, "--log-every", help="Steps between metrics lines.")),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue an interrupted run from its last step checkpoint.")),
+    "overwrite": (bool, typer.Option(False, "--overwrite", help="Replace an existing checkpoint or interrupted run.")),
+    "seed": (int, options.SeedOption),
+    "precision": (str, typer.Option("auto", "--precision", help="fp32, bf16 (autocast), or auto: bf16 on a GPU that has it, else fp32.")),
+    "compile": (bool, typer.Option(False, "--compile", help="torch.compile the model.")),
+    "parallel": (str, typer.Option("ddp", "--parallel", help="Under torchrun: ddp or fsdp (FSDP2 fully_shard per layer).")),
+    "device": (str, options.DeviceOption),
+    "peak_tflops": (Optional[float], typer.Option(None, "--peak-tflops", help="Device peak for MFU, in TFLOP/s. Default: measured at start.")),
+}
+assert list(_OPTIONS) == [f.name for f in fields(TrainingFlags)]
+
+
+def training_command(command: Callable) -> Callable:
+    """Give a Typer command the shared training options; it receives them as one `flags: TrainingFlags` argument."""
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "flags"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+              for name, (kind, option) in _OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        flags = TrainingFlags(**{name: kwargs.pop(name) for name in _OPTIONS})
+        return command(**kwargs, flags=flags)
+
+    wrapper.__signature__ = signature.replace(parameters=own + shared)
+    wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "flags"},
+                               **{name: kind for name, (kind, _) in _OPTIONS.items()}}
+    return wrapper
+
+
+class TrainingRun:
+    """One training stage's run: its output and work directory, its processes, and the way it ends."""
+
+    def __init__(self, stage: str, out: Path, flags: TrainingFlags):
+        self.stage, self.out, self.flags = stage, Path(out), flags
+        self.workdir = partial_directory(self.out)
+        prepare_output(self.out, self.workdir, flags.resume, flags.overwrite)
+        self.dist = None
+
+    def __enter__(self) -> "TrainingRun":
+        from granite_cli.training import distributed
+
+        self.dist = distributed.setup(self.flags.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from granite_cli.training import distributed
+
+        distributed.teardown(self.dist)
+
+    def settings(self, schedule, training: dict, *, offset: int, n_steps: int, global_batch: int, seq: int, model):
+        """TrainSettings from a built schedule, a recipe's training table (weight decay, betas, clipping) and the flags."""
+        import torch
+
+        from granite_cli.training.flops import flops_per_token, measure_peak_flops
+        from granite_cli.training.trainer import TrainSettings
+
+        f = self.flags
+        precision = resolve_precision(f.precision, self.dist)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        peak_flops = f.peak_tflops * 1e12 if f.peak_tflops else measure_peak_flops(self.dist.device, dtype)
+        return TrainSettings(
+            steps=n_steps, global_batch=global_batch, micro_batch=min(f.micro_batch, global_batch), seq_len=seq,
+            schedule=schedule, tokens_offset=offset, weight_decay=float(training.get("weight_decay", 0.1)),
+            betas=tuple(training.get("betas", (0.9, 0.95))), grad_clip=float(training.get("grad_clip", 1.0)),
+            log_every=f.log_every, eval_every=f.eval_every, checkpoint_every=f.checkpoint_every, keep_last=f.keep_last,
+            precision=precision, compile=f.compile, parallel=f.parallel, peak_flops=peak_flops,
+            flops_per_token=flops_per_token(model.config, seq))
+
+    def trainer(self, model, settings, batches, tokenizer_dir: Path, lineage: list[dict], **extra):
+        """The shared Trainer, saving step checkpoints with this run's tokenizer and lineage (`extra`: loss, reference)."""
+        from granite_cli.training.trainer import Trainer
+        from model.checkpoint import save_checkpoint
+
+        self.tokenizer_dir, self.lineage = Path(tokenizer_dir), lineage
+
+        def save(directory: Path, model_state: dict, trainer_state: Optional[dict]) -> None:
+            save_checkpoint(directory, model_state, model.config, self.tokenizer_dir, lineage, trainer_state)
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return Trainer(model, settings, batches, self.dist, self.workdir, save=save, **extra)
+
+    def validator(self, trainer, rows: Callable[[list[int]], dict], count: int, byte_lengths=None):
+        from granite_cli.training.validation import Validator
+
+        return Validator(rows, count, min(self.flags.micro_batch, 16), self.dist, trainer.autocast, byte_lengths)
+
+    def train(self, trainer) -> dict:
+        """Resume when asked (from the newest step checkpoint), then run to the end."""
+        if self.flags.resume and not trainer.resume():
+            console.print("no step checkpoint to resume from: starting from the beginning")
+        return trainer.run()
+
+    def finish(self, trainer, summary: dict, arguments: dict, inputs: list[dict]) -> dict:
+        """Write the final checkpoint with its lineage entry, publish it under `out`; every rank waits for it."""
+        from granite_cli.training import distributed
+        from model.checkpoint import lineage_entry, save_checkpoint
+
+        model_state = trainer.model_state()
+        state = trainer.trainer_state()
+        metrics = {k: v for k, v in summary.items() if k in ("loss", "val_loss", "val_bpb", "tokens_per_second", "mfu", "wall_seconds")}
+        metrics.update(tokens=trainer.tokens, trained_tokens=trainer.trained_tokens, steps=trainer.step, final_lr=trainer.last_lr)
+        if trainer.dist.main:
+            entry = lineage_entry(self.stage, {**arguments, "seed": self.flags.seed}, inputs, metrics)
+            final = self.workdir / "final"
+            save_checkpoint(final, model_state, trainer.model.config, self.tokenizer_dir, self.lineage + [entry], state)
+            for name in ("checkpoints", "metrics.jsonl"):
+                if (self.workdir / name).exists():
+                    (self.workdir / name).rename(final / name)
+            publish(final, self.out)
+            shutil.rmtree(self.workdir)
+            shown = ", ".join(f"{k.replace('_', ' ')} {metrics[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in metrics)
+            console.print(f"wrote [bold]{self.out}[/]: {shown}")
+        distributed.barrier(self.dist)  # rank 0 writes the checkpoint while the others wait for it
+        return metrics
+
+
+def prepare_output(out: Path, workdir: Path, resume: bool, overwrite: bool) -> None:
+    from model.checkpoint import is_checkpoint
+
+    if overwrite:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    if is_checkpoint(out) and not resume:
+        raise BadInput("a finished checkpoint is already there; pass --overwrite to train it again", str(out))
+    if workdir.exists() and not (workdir / "checkpoints").exists():
+        shutil.rmtree(workdir)  # a run that stopped before its first checkpoint left nothing to resume
+    if workdir.exists() and not resume:
+        raise BadInput(f"an interrupted run is in {workdir}: pass --resume to continue it, or --overwrite to start over")
+
+
+def resolve_precision(precision: str, dist) -> str:
+    import torch
+
+    if precision not in PRECISIONS:
+        raise BadInput(f"--precision must be one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if dist.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def input_record(path: Path, manifest: Optional[Path] = None) -> dict:
+    """How the lineage names an input: its path and the sha256 of its manifest (or of the file itself)."""
+    digest_of = manifest if manifest is not None else path
+    return {"path": str(path.resolve()), "sha256": hashlib.sha256(digest_of.read_bytes()).hexdigest()}
+
+
+def starting_model(parent: Optional[Path], preset: str, tokenizer: dict, seq_len: int, seed: int):
+    """The model to train and the lineage it carries: the parent's weights, or a fresh preset sized to the tokenizer."""
+    import torch
+    from transformers import GraniteForCausalLM
+
+    from model.checkpoint import load_model, read_lineage
+    from model.presets import build_config
+
+    torch.manual_seed(seed)
+    if parent:
+        model = load_model(parent, dtype=torch.float32)
+        lineage = read_lineage(parent)
+        if model.config.vocab_size < tokenizer["size"]:
+            raise BadInput(f"the checkpoint's vocabulary ({model.config.vocab_size}) is smaller than its tokenizer's", str(parent))
+    else:
+        config = build_config(preset, vocab_size=tokenizer["size"], bos_id=tokenizer["eos_id"], eos_id=tokenizer["eos_id"],
+                              pad_id=tokenizer["pad_id"])
+        model = GraniteForCausalLM(config)
+        lineage = []
+    if seq_len > model.config.max_position_embeddings:
+        raise BadInput(f"--seq-len {seq_len} exceeds the model's max_position_embeddings ({model.config.max_position_embeddings})")
+    return model, lineage
