@@ -169,7 +169,7 @@ def slow_judge_server():
 
 
 def bench_judge(repeats: int) -> dict:
-    from model.llm_client import ChatEndpoint
+    from model.endpoint import EndpointEngine
     from stages.filter.judge import Judge, JudgeCache
 
     samples = [s for s in read_records([str(SFT)]) if sum(m["role"] == "assistant" for m in s["messages"]) == 1][:256]
@@ -179,7 +179,7 @@ def bench_judge(repeats: int) -> dict:
     try:
         for concurrency in (1, 8, 32):
             chosen = samples[:64] if concurrency == 1 else samples
-            judge = Judge(ChatEndpoint(url, "bench", concurrency=concurrency), JudgeCache(None), logprobs=False)
+            judge = Judge(EndpointEngine(url, "bench", concurrency=concurrency), JudgeCache(None), logprobs=False)
             seconds = median_seconds(lambda: judge.judge(chosen), repeats)
             result[f"concurrency_{concurrency}"] = {"samples_per_second": len(chosen) / seconds,
                                                     "ideal": concurrency / SERVER_DELAY}

@@ -7,7 +7,7 @@ Where each part comes from (recorded again in data/SOURCES.md by build_data.py):
   verbatim copying.
 - French, German and Spanish manual pages (Debian manpages-fr/-de/-es, rendered by `man`): GPL-3+.
 
-Every function yields documents (DESIGN.md contract 1) in a sorted, reproducible order.
+Every function yields documents (docs/design.md, contract 1) in a sorted, reproducible order.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Errors a stage raises, mapped to the exit statuses of DESIGN.md (2: bad usage or input, 1: failure)."""
+"""Errors a stage raises, mapped to the exit statuses of docs/design.md (2: bad usage or input, 1: failure)."""
 
 from __future__ import annotations
 

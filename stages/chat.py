@@ -34,11 +34,11 @@ def chat_command(
     device: str = options.DeviceOption,
 ) -> None:
     """Chat with a checkpoint: type a message, read the streamed answer; /exit (or end of input) quits."""
-    from model.checkpoint import load_for_generation
+    from model.generation import LocalEngine
 
     tool_specs = load_tools(tools)
-    model, tokenizer, _ = load_for_generation(Path(checkpoint), device)
-    if not tokenizer.chat_template:
+    engine = LocalEngine(checkpoint, device=device)
+    if not engine.tokenizer.chat_template:
         raise BadInput("the checkpoint's tokenizer has no chat template; chat with an SFT checkpoint", checkpoint)
     interactive = sys.stdin.isatty()
     console.print(f"chatting with [bold]{checkpoint}[/]  ({HELP})")
@@ -60,7 +60,7 @@ def chat_command(
             messages.append({"role": "user", "content": line.rstrip("\n")})
         else:
             continue
-        reply = stream_reply(model, tokenizer, messages, tool_specs, max_new_tokens, temperature, seed)
+        reply = stream_reply(engine, messages, tool_specs, max_new_tokens, temperature, seed)
         messages.append(assistant_turn(reply))
 
 
@@ -86,12 +86,18 @@ def read_line(interactive: bool) -> Optional[str]:
     return line or None
 
 
-def stream_reply(model, tokenizer, messages, tools, max_new_tokens: int, temperature: float, seed: int) -> str:
-    """Generate the assistant's answer, writing each piece to stdout as soon as it is decoded."""
+def stream_reply(engine, messages, tools, max_new_tokens: int, temperature: float, seed: int) -> str:
+    """Generate the assistant's answer, writing each piece to stdout as soon as it is decoded.
+
+    The prompt is the engine's rendering (model/generation.py); the tokens are streamed with transformers'
+    streamer, which the batched engine does not offer."""
     import torch
     from transformers import TextIteratorStreamer
 
-    prompt = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    from model.generation import Request
+
+    model, tokenizer = engine.model, engine.tokenizer
+    prompt = engine.prompt_text(Request(messages=messages, tools=tools))
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}

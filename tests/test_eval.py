@@ -150,17 +150,17 @@ def test_missing_benchmark_data_is_bad_input(checkpoint, tmp_path):
 
 
 def test_endpoint_backend_with_retries(tmp_path):
-    from stages.eval.backends import Endpoint, GenerationRequest
+    from model.endpoint import EndpointEngine
+    from model.generation import Request, Sampling
 
     def respond(body, attempt):  # fails once with 500, then answers
         assert body["model"] == "fake" and body["messages"][-1]["role"] == "user"
         return (500, None) if attempt == 0 else "The answer is 36."
 
     with FakeOpenAI(respond) as server:
-        backend = Endpoint(server.url, "fake", concurrency=1, retries=2)
-        prompt = backend.chat_prompt([{"role": "user", "content": "12 * 3?"}])
-        [output] = backend.generate([GenerationRequest(prompt, 32)])
-    assert output == "The answer is 36." and len(server.bodies) == 2
+        backend = EndpointEngine(server.url, "fake", concurrency=1, retries=2, backoff=0.01)
+        [[output]] = backend.generate([Request(messages=[{"role": "user", "content": "12 * 3?"}], sampling=Sampling(32))])
+    assert output.text == "The answer is 36." and len(server.bodies) == 2
 
 
 def plus_items(name, file):

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import REPO, granite
 from fake_openai import FakeOpenAI
-from model.llm_client import ChatEndpoint, ChatReply, TokenChoice
+from model.endpoint import EndpointEngine
+from model.generation import Completion, Request, Sampling
 from stages.filter.dedup import MinHashIndex
 from stages.filter.judge import DIMENSIONS, Judge, JudgeCache, expected_scores, parse_answer
 from stages.filter.rules import check_computation, check_truncated, normalize, stated_computations
@@ -106,7 +107,7 @@ def test_judge_retries_timeouts_and_server_errors():
         return answer_json(4)
 
     with FakeOpenAI(flaky) as server:
-        backend = ChatEndpoint(server.url, "judge", concurrency=4, timeout=0.3, retries=3, backoff=0.01)
+        backend = EndpointEngine(server.url, "judge", concurrency=4, timeout=0.3, retries=3, backoff=0.01)
         samples = [s for s in labelled() if s["id"] in ("good-plain", "good-math")]
         results = Judge(backend, JudgeCache(None)).judge(samples)
     assert [r.status for r in results] == ["ok", "ok"]
@@ -121,7 +122,7 @@ def test_malformed_judge_answers_are_retried_then_recorded():
 
     with FakeOpenAI(garbage_then_valid) as server:
         samples = [s for s in labelled() if s["id"] in ("good-plain", "good-math")]
-        results = Judge(ChatEndpoint(server.url, "judge", retries=0), JudgeCache(None), retries=2).judge(samples)
+        results = Judge(EndpointEngine(server.url, "judge", retries=0), JudgeCache(None), retries=2).judge(samples)
         # good-plain: garbage, then a valid answer once told what was wrong
         assert results[0].status == "ok"
         # good-math: garbage three times (1 + 2 retries): recorded as malformed, never a pass or a fail
@@ -148,13 +149,13 @@ def test_answer_validation():
 
 def test_logprob_expectation_hand_checked():
     text = answer_json(4)
-    tokens = [TokenChoice(ch, {ch: 0.0}) for ch in text]
+    top = [{ch: 0.0} for ch in text]
     position = text.index('"correctness": 4') + len('"correctness": ')
-    tokens[position] = TokenChoice("4", {"4": math.log(0.5), "3": math.log(0.25), "5": math.log(0.2), "x": math.log(0.05)})
-    scores = expected_scores(ChatReply(text, tokens), json.loads(text))
+    top[position] = {"4": math.log(0.5), "3": math.log(0.25), "5": math.log(0.2), "x": math.log(0.05)}
+    scores = expected_scores(Completion(text, tokens=list(text), top_logprobs=top), json.loads(text))
     assert scores["correctness"] == pytest.approx((4 * 0.5 + 3 * 0.25 + 5 * 0.2) / 0.95)
     assert scores["naturalness"] == 4.0
-    assert expected_scores(ChatReply(text, None), json.loads(text)) is None
+    assert expected_scores(Completion(text), json.loads(text)) is None
 
 
 @pytest.mark.parametrize("text, wrong", [
@@ -221,12 +222,13 @@ def test_bad_usage_is_exit_2(tmp_path):
 
 
 def test_local_model_judge_gives_logprobs_and_never_passes_garbage(checkpoint):
-    from model.llm_client import LocalChat
+    from model.generation import LocalEngine
 
-    backend = LocalChat(str(checkpoint))
-    [reply] = backend.chat_many([[{"role": "user", "content": "Grade this."}]], max_tokens=6, logprobs=True)
-    assert 0 < len(reply.tokens) <= 6 and all(len(t.alternatives) == 5 for t in reply.tokens)
-    assert all(lp <= 0 for t in reply.tokens for lp in t.alternatives.values())
+    backend = LocalEngine(str(checkpoint))
+    [[reply]] = backend.generate([Request(messages=[{"role": "user", "content": "Grade this."}],
+                                          sampling=Sampling(max_new_tokens=6, top_logprobs=5))])
+    assert 0 < len(reply.tokens) <= 6 and all(len(alternatives) == 5 for alternatives in reply.top_logprobs)
+    assert all(lp <= 0 for alternatives in reply.top_logprobs for lp in alternatives.values())
     samples = [s for s in labelled() if s["id"] == "good-math"]
     [result] = Judge(backend, JudgeCache(None), retries=1).judge(samples)
     assert result.status == "malformed"  # an untrained model's babble is recorded as such

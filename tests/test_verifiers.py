@@ -2,7 +2,9 @@
 
 import pytest
 
-from granite_cli.verify.answers import last_number, parse_number, verify
+from granite_cli.errors import BadInput
+from granite_cli.verify import verify
+from granite_cli.verify.answers import last_number, parse_number
 
 SQL_DB = ("CREATE TABLE t (name TEXT, n INTEGER); INSERT INTO t VALUES ('a', 3); INSERT INTO t VALUES ('b', 1);"
           "INSERT INTO t VALUES ('c', 2);")
@@ -86,3 +88,31 @@ def test_every_bundled_reference_answer_passes_its_own_verifier():
     failures = [(r["family"], r["answer"], verify(r["answer"], r["verifier"]).reason) for r in records
                 if verify(r["answer"], r["verifier"]).score != 1.0]
     assert not failures, failures[:5]
+
+
+def test_the_registry_checks_code_ifeval_and_function_calls():
+    from granite_cli.verify import verify_batch
+
+    code = {"type": "code", "tests": "assert add(2, 3) == 5\nassert add(-1, 1) == 0"}
+    ifeval = {"type": "ifeval", "prompt": "Answer in lowercase.", "instruction_id_list": ["change_case:english_lowercase"],
+              "kwargs": [{}]}
+    bfcl = {"type": "bfcl", "category": "simple", "function": [{"name": "area", "parameters": {"type": "dict", "properties": {
+        "r": {"type": "integer"}}, "required": ["r"]}}], "ground_truth": [{"area": {"r": [2]}}]}
+    responses = ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b):\n    return a - b",
+                 "all lowercase here.", "Not Lowercase.",
+                 '<tool_call>{"name": "area", "arguments": {"r": 2}}</tool_call>', '<tool_call>{"name": "area", "arguments": {"r": 3}}</tool_call>']
+    verdicts = verify_batch(responses, [code, code, ifeval, ifeval, bfcl, bfcl])
+    assert [v.score for v in verdicts] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_reward_model_verdicts_come_from_the_installed_scorer_and_never_default():
+    from granite_cli.verify import set_reward_model
+
+    with pytest.raises(BadInput, match="reward model"):
+        verify("Hello!", {"type": "reward_model"})
+    set_reward_model(lambda response, record: 0.25 if "!" in response else 0.75)
+    try:
+        assert verify("Hello!", {"type": "reward_model"}).score == 0.25
+        assert verify("Hello.", {"type": "reward_model"}).score == 0.75
+    finally:
+        set_reward_model(None)

@@ -1,4 +1,4 @@
-"""Seeded generators of chat samples (DESIGN.md contract 2) and RL prompts (contract 3).
+"""Seeded generators of chat samples (docs/design.md, contract 2) and RL prompts (contract 3).
 
 Tasks from tasks.py become single-turn, multi-turn and system-prompted conversations; tools.py-like
 schemas give tool-calling conversations; fictional company fact sheets give RAG samples whose answers

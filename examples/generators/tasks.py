@@ -1,5 +1,5 @@
 """Seeded generators of verifiable tasks: each returns a prompt, a reference answer, the worked steps
-that lead to it, and the verifier record an RL reward or an eval checker needs (DESIGN.md contract 3).
+that lead to it, and the verifier record an RL reward or an eval checker needs (docs/design.md, contract 3).
 
 One function per task family; FAMILIES maps family name to (domain, generator). Every generator
 takes a `random.Random` so that a seed reproduces the same bytes.

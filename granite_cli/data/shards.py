@@ -1,4 +1,4 @@
-"""Token shard directories (DESIGN.md contract 4): what tokenize writes and the trainers read.
+"""Token shard directories (docs/design.md, contract 4): what tokenize writes and the trainers read.
 
 A directory holds `manifest.json` and numbered pairs of files:
 - `shard-NNNNN.tokens`: flat token ids, uint16 when the vocabulary fits, else uint32;

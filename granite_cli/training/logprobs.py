@@ -54,9 +54,10 @@ def chunked_logprobs(hidden, weight, labels, scale: float, chunk_tokens: int, en
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
     pieces, entropies = [], []
+    several = flat_labels.numel() > chunk_tokens  # one chunk is the whole batch: nothing to save by recomputing it
     for start in range(0, flat_labels.numel(), chunk_tokens):
         part = (flat_hidden[start:start + chunk_tokens], weight, flat_labels[start:start + chunk_tokens])
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        if several and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
             logp, ent = checkpoint(_chunk, *part, scale, entropy, use_reentrant=False)
         else:
             logp, ent = _chunk(*part, scale, entropy)

@@ -1,0 +1,76 @@
+"""Verifiers: one registry of answer checkers for eval and rl, picked by a record's `verifier.type`.
+
+    verify(response, {"type": "numeric", "answer": 42}) -> Verdict(score, reason, extracted)
+    verify_batch(responses, verifiers, workers=4)        -> [Verdict, ...] in order
+
+Every checker has the signature (response text, verifier record) -> Verdict with a score in [0, 1].
+Kinds: numeric, exact, constraints (the bundled instruction tasks), json_schema, sql, identity and
+abstain (granite_cli/verify/answers.py); ifeval (IFEval's 25 instruction types, ifeval.py); bfcl
+(function-call AST match, bfcl.py); code (a program's tests in the sandbox, code.py); reward_model,
+a hook that a stage fills with `set_reward_model(score_fn)` (rl's chat domain) — without one it is
+an error, never a silent zero.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+from granite_cli.errors import BadInput
+from granite_cli.verify.answers import CHECKERS, Verdict
+
+_reward_scorer: Optional[Callable[[str, dict], float]] = None
+
+
+def _ifeval(response: str, verifier: dict) -> Verdict:
+    from granite_cli.verify import ifeval
+
+    metrics = ifeval.score(verifier, response)
+    return Verdict(metrics["prompt_level_strict"], metrics["reason"])
+
+
+def _bfcl(response: str, verifier: dict) -> Verdict:
+    from granite_cli.verify import bfcl
+
+    result = bfcl.score(verifier, response)
+    return Verdict(result["accuracy"], result["reason"])
+
+
+def _code(response: str, verifier: dict) -> Verdict:
+    from granite_cli.verify.code import run_tests
+
+    outcome = run_tests(response, verifier)
+    return Verdict(float(outcome.passed), outcome.status + (f": {outcome.detail}" if outcome.detail else ""))
+
+
+def _reward_model(response: str, verifier: dict) -> Verdict:
+    if _reward_scorer is None:
+        raise BadInput("verifier type 'reward_model' needs a reward model: train one (`granite rl reward-model`) and pass it to "
+                       "the stage, or leave the chat domain out")
+    return Verdict(float(_reward_scorer(response, verifier)), "reward model score")
+
+
+VERIFIERS: dict[str, Callable[[str, dict], Verdict]] = {
+    **CHECKERS, "ifeval": _ifeval, "bfcl": _bfcl, "code": _code, "reward_model": _reward_model,
+}
+
+
+def set_reward_model(score: Optional[Callable[[str, dict], float]]) -> None:
+    """Install the scorer behind verifier type `reward_model` (None removes it)."""
+    global _reward_scorer
+    _reward_scorer = score
+
+
+def verify(response: str, verifier: dict) -> Verdict:
+    kind = verifier.get("type")
+    if kind not in VERIFIERS:
+        raise BadInput(f"no checker for verifier type {kind!r} (known: {', '.join(VERIFIERS)})")
+    return VERIFIERS[kind](response, verifier)
+
+
+def verify_batch(responses: list[str], verifiers: list[dict], workers: int = 4) -> list[Verdict]:
+    """Verdicts in order; checkers that run programs (code, sql) overlap in threads, since each waits on a subprocess or sqlite."""
+    if len(responses) != len(verifiers):
+        raise ValueError("one verifier record per response")
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(verify, responses, verifiers))

@@ -1,4 +1,4 @@
-"""Answer checkers picked by a record's `verifier.type` (open-instruct's registry idea).
+"""Answer checkers of text responses (the registry that picks them is granite_cli/verify/__init__.py).
 
 Eval scores local tasks with them and the RL stage will reward with them, so one hand-checked
 implementation serves both. Each checker takes the model's response text and the verifier record
@@ -159,14 +159,7 @@ def abstain(response: str, verifier: dict) -> Verdict:
     return Verdict(float(ok), "says it cannot know" if ok else "answers what it cannot know")
 
 
-VERIFIERS: dict[str, Callable[[str, dict], Verdict]] = {
+CHECKERS: dict[str, Callable[[str, dict], Verdict]] = {
     "numeric": numeric, "exact": exact, "constraints": constraints, "json_schema": json_schema, "sql": sql,
     "identity": identity, "abstain": abstain,
 }
-
-
-def verify(response: str, verifier: dict) -> Verdict:
-    kind = verifier.get("type")
-    if kind not in VERIFIERS:
-        raise BadInput(f"no checker for verifier type {kind!r} (known: {', '.join(VERIFIERS)})")
-    return VERIFIERS[kind](response, verifier)

@@ -13,36 +13,26 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
-import sys
 import time
-from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
-from granite_cli.data.atomic import atomic_path
-from stages.eval.backends import Endpoint, GenerationRequest, LocalModel
+from model.generation import Sampling
 from stages.eval.judged import add_interval
-from stages.eval.published import MODELS, PUBLISHED
+from stages.eval.prompting import generate_texts, render
+from stages.eval.published import MODELS
+from stages.eval.results import read_results, results_table, sample_row, shown, stages_table, summarize, write_results
 from stages.eval.tasks import TaskSpec, get_task, ruler_items
 
 app = typer.Typer(cls=options.DefaultCommandGroup, help="Evaluate a checkpoint (default) or print a table of evaluations (`table`).\n\n"
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
-MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte", "judged": "win_rate"}
-NOT_PERCENT = {"bits_per_byte", "rating"}  # shown as is; every other metric is a rate shown in percent
-TASK_MAIN_METRIC = {"mt_bench": "rating", "gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match",
-                    "ifeval": "average", "bbh": "exact_match", "deepmind_math": "exact_match"}
-
-
 @app.command("run")
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
@@ -81,12 +71,13 @@ def eval_command(
     backend = make_backend(checkpoint, endpoint, model_name, batch_size, device)
     grader = make_judge(specs, judge, judge_model, judge_concurrency, device)
     label = stage or default_stage(checkpoint)
-    out = Path(output) if output else load_recipe(recipe, run_dir).run_dir / "eval" / (Path(checkpoint).name if checkpoint else "endpoint")
+    tuned = chat_tuned(checkpoint, endpoint)
+    out = Path(output) if output else load_recipe(recipe, run_dir).paths.eval_dir(Path(checkpoint).name if checkpoint else "endpoint")
     settings = {"limit": limit, "batch_size": batch_size, "seed": seed, "samples": samples, "data_dir": data_dir}
     results, all_samples = {}, []
     for spec in specs:
         started = time.perf_counter()
-        chat = use_chat(spec, chat_template, label)
+        chat = use_chat(chat_template, tuned)
         items = load_items(spec, Path(data_dir), limit, ruler_lengths, ruler_depths, seed)
         shots = FewShot(spec, Path(data_dir), num_fewshot, seed)
         if max_new_tokens:
@@ -109,13 +100,15 @@ def eval_command(
 
 
 def make_backend(checkpoint, endpoint, model_name, batch_size, device):
+    from model.generation import open_engine
+
     if endpoint:
         if not model_name:
             raise BadInput("--endpoint needs --model (the name the server serves)")
-        return Endpoint(endpoint, model_name, concurrency=batch_size)
+        return open_engine(endpoint, model_name, concurrency=batch_size)
     if not checkpoint:
         raise BadInput("give a checkpoint directory, or --endpoint URL --model NAME")
-    return LocalModel(checkpoint, device=device, batch_size=batch_size)
+    return open_engine(checkpoint, device=device, batch_size=batch_size)
 
 
 def make_judge(specs: list[TaskSpec], judge: Optional[str], judge_model: Optional[str], concurrency: int, device: str):
@@ -125,9 +118,13 @@ def make_judge(specs: list[TaskSpec], judge: Optional[str], judge_model: Optiona
         return None
     if not judge:
         raise BadInput(f"{', '.join(needing)} need a judge: --judge URL --judge-model NAME, or --judge MODEL_DIR")
-    from model.llm_client import open_chat_model
+    import os
 
-    return open_chat_model(judge, judge_model, concurrency=concurrency, device=device)
+    from model.generation import open_engine
+
+    if judge.startswith(("http://", "https://")) and not judge_model:
+        raise BadInput("an endpoint judge needs --judge-model NAME (the model the server serves)")
+    return open_engine(judge, judge_model, device=device, concurrency=concurrency, api_key=os.environ.get("GRANITE_JUDGE_API_KEY"))
 
 
 def default_stage(checkpoint: Optional[str]) -> str:
@@ -141,11 +138,25 @@ def default_stage(checkpoint: Optional[str]) -> str:
     return f"{last['stage']}" + (f" phase {phase}" if phase is not None else "")
 
 
-def use_chat(spec: TaskSpec, mode: str, label: str) -> bool:
-    """auto: the chat template for models past pre-training; base models get plain-text prompts."""
-    if mode != "auto":
-        return mode == "on"
-    return not label.startswith("pretrain")
+CHAT_STAGES = ("sft", "rl")  # a model that went through one of these answers chat turns
+
+
+def chat_tuned(checkpoint: Optional[str], endpoint: Optional[str]) -> bool:
+    """Whether the model is a chat model: its lineage went through a chat stage (a served model is taken to be one,
+    and so is a foreign checkpoint without lineage that ships a chat template)."""
+    from model.checkpoint import read_lineage
+
+    if endpoint or not checkpoint:
+        return True
+    lineage = read_lineage(Path(checkpoint))
+    if lineage:
+        return any(entry.get("stage") in CHAT_STAGES for entry in lineage)
+    return (Path(checkpoint) / "chat_template.jinja").exists()
+
+
+def use_chat(mode: str, tuned: bool) -> bool:
+    """auto: the chat template for chat models; base models get plain-text prompts."""
+    return tuned if mode == "auto" else mode == "on"
 
 
 # ------------------------------------------------------------------ items and prompts
@@ -180,36 +191,10 @@ class FewShot:
         return random.Random(self.seed).sample(pool, min(self.count, len(pool)))
 
 
-def plain_instruction(messages: list[dict], tools: Optional[list[dict]] = None) -> str:
-    """A chat prompt as plain text for a base model, in the instruction format of the pre-training data."""
-    said = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
-    if tools:
-        said += "\n\nTools:\n" + "\n".join(json.dumps(tool) for tool in tools)
-    return f"### Instruction\n{said}\n### Response\n"
-
-
-def render(spec: TaskSpec, backend, item: dict, shots: list[dict], chat: bool) -> str:
-    """The prompt text for one item: few-shot as plain text blocks, or as chat turns."""
-    if spec.messages is not None:
-        tools = spec.tools(item) if spec.tools else item.get("tools")
-        if chat:
-            return backend.chat_prompt(spec.messages(item), tools=tools, documents=item.get("documents"))
-        return plain_instruction(spec.messages(item), tools)
-    question = spec.template.format(question=spec.question(item))
-    if chat:
-        turns = []
-        for shot in shots:
-            turns += [{"role": "user", "content": spec.template.format(question=spec.question(shot))},
-                      {"role": "assistant", "content": spec.target(shot).strip()}]
-        return backend.chat_prompt(turns + [{"role": "user", "content": spec.chat_instruction + question}])
-    blocks = [spec.template.format(question=spec.question(shot)) + spec.target_delimiter + spec.target(shot).strip()
-              for shot in shots]
-    return "\n\n".join(blocks + [question])
-
-
 # ------------------------------------------------------------------ running and scoring
 def evaluate(spec: TaskSpec, backend, items, shots, chat, samples, temperature, seed) -> list[dict]:
-    prompts = [render(spec, backend, item, shots(item), chat) for item in items]
+    requests = [render(spec, item, shots(item), chat) for item in items]
+    prompts = [backend.prompt_text(r) for r in requests]
     if spec.kind == "choice":
         return score_choices(spec, backend, items, prompts)
     if spec.kind == "likelihood":
@@ -217,11 +202,9 @@ def evaluate(spec: TaskSpec, backend, items, shots, chat, samples, temperature, 
     n = samples if spec.kind == "code" else 1
     temp = temperature if temperature or n == 1 else 0.8
     stop = () if (chat and spec.kind == "code") else spec.stop
-    requests = [GenerationRequest(p, spec.max_new_tokens, stop, temp, seed + k) for p in prompts for k in range(n)]
-    outputs = backend.generate(requests)
+    outputs = generate_texts(backend, requests, Sampling(spec.max_new_tokens, temp, stop=stop, seed=seed, n=n))
     rows = []
-    for i, (item, prompt) in enumerate(zip(items, prompts)):
-        mine = outputs[i * n:(i + 1) * n]
+    for i, (item, prompt, mine) in enumerate(zip(items, prompts, outputs)):
         if spec.kind == "code":
             outcomes = [spec.score(item, out) for out in mine]
             passed = sum(o["pass@1"] for o in outcomes)
@@ -271,74 +254,6 @@ def score_references(spec: TaskSpec, backend, items, prompts) -> list[dict]:
     return rows
 
 
-def sample_row(spec: TaskSpec, item: dict, index: int, prompt: str, output: str, scores: dict, reason) -> dict:
-    reference = item.get("answer", item.get("canonical_solution"))
-    return {"id": spec.item_id(item, index), "subtask": spec.subtask(item) if spec.subtask else None, "prompt": prompt,
-            "output": output, "reference": reference if isinstance(reference, (str, int, float)) else json.dumps(reference),
-            "scores": scores, "reason": reason}
-
-
-def summarize(spec: TaskSpec, rows: list[dict]) -> dict:
-    metrics = defaultdict(list)
-    by_subtask = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        for name, value in row["scores"].items():
-            metrics[name].append(value)
-            if row["subtask"] is not None:
-                by_subtask[row["subtask"]][name].append(value)
-    main = TASK_MAIN_METRIC.get(spec.name, MAIN_METRIC[spec.kind])
-    means = {name: sum(v) / len(v) for name, v in metrics.items()}
-    # None when no item has the main metric (a judge that never gave a verdict): never shown as a zero
-    return {"main_metric": main, "value": means.get(main), "metrics": means, "n": len(rows),
-            "subtasks": {name: {m: sum(v) / len(v) for m, v in values.items()}
-                         for name, values in sorted(by_subtask.items(), key=lambda kv: natural_key(kv[0]))}}
-
-
-def natural_key(text: str) -> list:
-    """'len 256' before 'len 1024': digits compare as numbers."""
-    import re
-
-    return [float(part) if part.replace(".", "", 1).isdigit() else part for part in re.split(r"(\d+(?:\.\d+)?)", text)]
-
-
-# ------------------------------------------------------------------ output
-def write_results(out: Path, model: str, stage: str, results: dict, samples: list[dict]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    document = {"model": model, "stage": stage, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": sys.argv, "tasks": results}
-    with atomic_path(out / "samples.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(document, indent=2))
-
-
-def results_table(results: dict, compare: Optional[str]) -> Table:
-    size = MODELS.get(compare) if compare else None
-    table = Table(title="eval results" + (f" — IBM {compare} beside" if compare else ""), title_justify="left")
-    for column in ("task", "metric", "ours", "n") + ((f"IBM {compare}",) if compare else ()):
-        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
-    for name, result in results.items():
-        row = [name, result["main_metric"], shown(result["main_metric"], result["value"]), str(result["n"])]
-        if size:
-            row.append(f"{PUBLISHED[name][1][size]:.2f}" if name in PUBLISHED else "-")
-        table.add_row(*row)
-        for subtask, values in result["subtasks"].items():
-            if len(result["subtasks"]) > 1:
-                table.add_row(f"  {subtask}", "", shown(result["main_metric"], values.get(result["main_metric"])), "",
-                              *([""] if size else []))
-    if size:
-        for name, (label, numbers) in PUBLISHED.items():
-            if name not in results:
-                table.add_row(f"[dim]{name}[/]", f"[dim]{label}[/]", "[dim]not run[/]", "", f"{numbers[size]:.2f}")
-    return table
-
-
-def shown(metric: str, value: Optional[float]) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" if metric in NOT_PERCENT else f"{100 * value:.2f}"
-
-
 @app.command("table")
 def table_command(
     directories: Optional[list[str]] = typer.Argument(None, help="Eval result directories. Default: every one under <run-dir>/eval/."),
@@ -348,18 +263,5 @@ def table_command(
     """One table of every evaluated stage (rows) by task (columns), in the order the stages ran."""
     from granite_cli.recipe import load_recipe
 
-    paths = [Path(d) for d in directories] if directories else sorted((load_recipe(recipe, run_dir).run_dir / "eval").glob("*/"))
-    documents = [json.loads((p / "results.json").read_text()) for p in paths if (p / "results.json").exists()]
-    if not documents:
-        raise BadInput("no results.json found: run `granite eval` first")
-    documents.sort(key=lambda d: d["created"])
-    task_names = list(dict.fromkeys(name for d in documents for name in d["tasks"]))
-    table = Table(title="evaluation after each stage (percent; bits_per_byte: lower is better)", title_justify="left")
-    table.add_column("stage")
-    for name in task_names:
-        metric = next(d["tasks"][name]["main_metric"] for d in documents if name in d["tasks"])
-        table.add_column(f"{name}\n{metric}", justify="right")
-    for document in documents:
-        table.add_row(document["stage"], *[shown(document["tasks"][n]["main_metric"], document["tasks"][n]["value"])
-                                           if n in document["tasks"] else "-" for n in task_names])
-    console.print(table)
+    paths = [Path(d) for d in directories] if directories else sorted(load_recipe(recipe, run_dir).paths.eval_root.glob("*/"))
+    console.print(stages_table(read_results(paths)))

@@ -24,8 +24,9 @@ import re
 from pathlib import Path
 
 from granite_cli.errors import BadInput
-from model.llm_client import ChatFailure
-from stages.eval.backends import GenerationRequest
+from model.generation import Request, Sampling
+from stages.eval.prompting import chat_request, generate_texts
+from stages.eval.results import sample_row
 
 NEEDS_REFERENCE = ("math", "reasoning", "coding")
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -86,15 +87,16 @@ def alpacaeval_load(data_dir: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------ helpers
-def chat_text(backend, messages: list[dict], chat: bool) -> str:
-    from stages.eval import plain_instruction
-
-    return backend.chat_prompt(messages) if chat else plain_instruction(messages)
+def answers(spec, backend, conversations: list[list[dict]], chat: bool, seed: int) -> list[str]:
+    """The evaluated model's greedy answer to each conversation."""
+    texts = generate_texts(backend, [chat_request(m, chat) for m in conversations], Sampling(spec.max_new_tokens, seed=seed))
+    return [samples[0] for samples in texts]
 
 
 def ask_judge(judge, conversations: list[list[dict]]) -> list[str | None]:
-    replies = judge.chat_many(conversations, JUDGE_MAX_TOKENS, 0.0, False)
-    return [None if isinstance(r, ChatFailure) else r.text for r in replies]
+    """The judge's greedy answers; None where it did not answer."""
+    replies = judge.generate([Request(messages=c, sampling=Sampling(JUDGE_MAX_TOKENS)) for c in conversations])
+    return [None if r[0].error is not None else r[0].text for r in replies]
 
 
 def read_rating(text: str | None) -> float | None:
@@ -118,14 +120,12 @@ def bootstrap_interval(values: list[float], seed: int, resamples: int = 1000) ->
 
 # ------------------------------------------------------------------ MT-Bench
 def run_mt_bench(spec, backend, judge, items: list[dict], chat: bool, data_dir: Path, seed: int) -> list[dict]:
-    from stages.eval import sample_row
-
     prompts = judge_prompts(data_dir)
     first = [[{"role": "user", "content": item["turns"][0]}] for item in items]
-    answers_1 = backend.generate([GenerationRequest(chat_text(backend, m, chat), spec.max_new_tokens, (), 0.0, seed) for m in first])
+    answers_1 = answers(spec, backend, first, chat, seed)
     second = [m + [{"role": "assistant", "content": a}, {"role": "user", "content": item["turns"][1]}]
               for m, a, item in zip(first, answers_1, items)]
-    answers_2 = backend.generate([GenerationRequest(chat_text(backend, m, chat), spec.max_new_tokens, (), 0.0, seed) for m in second])
+    answers_2 = answers(spec, backend, second, chat, seed)
     conversations = []
     for item, a1, a2 in zip(items, answers_1, answers_2):
         reference = item.get("reference") if item["category"] in NEEDS_REFERENCE else None
@@ -150,12 +150,8 @@ def run_mt_bench(spec, backend, judge, items: list[dict], chat: bool, data_dir: 
 
 # ------------------------------------------------------------------ pairwise against a baseline
 def run_pairwise(spec, backend, judge, items: list[dict], chat: bool, data_dir: Path, seed: int) -> list[dict]:
-    from stages.eval import sample_row
-
     prompt = judge_prompts(data_dir)["pair-v2"]
-    requests = [GenerationRequest(chat_text(backend, [{"role": "user", "content": item["question"]}], chat),
-                                  spec.max_new_tokens, (), 0.0, seed) for item in items]
-    ours = backend.generate(requests)
+    ours = answers(spec, backend, [[{"role": "user", "content": item["question"]}] for item in items], chat, seed)
     conversations = []
     for item, answer in zip(items, ours):
         conversations.append(judge_conversation(prompt, question=item["question"], answer_a=answer, answer_b=item["baseline"]))

@@ -21,7 +21,9 @@ from granite_cli.errors import BadInput
 from granite_cli.recipe import examples_dir
 from granite_cli.data.records import read_records
 from granite_cli.verify.sandbox import run_python
-from granite_cli.verify.answers import last_number, parse_number, verify
+from granite_cli.verify import verify
+from granite_cli.verify.answers import last_number, parse_number
+from granite_cli.verify.code import code_program, extract_completion, mbpp_code
 from stages.eval import judged
 
 
@@ -93,34 +95,9 @@ def gsm8k_score(item: dict, output: str) -> dict:
 
 
 # ------------------------------------------------------------------ code
-def code_program(item: dict, completion: str) -> str:
-    """HumanEval's harness: prompt + completion, then the tests, then check(entry_point)."""
-    return f"{item['prompt']}{completion}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
-
-
-def extract_completion(item: dict, output: str) -> str:
-    """A chat model answers with a fenced block holding the whole function: keep what follows the prompt's signature."""
-    block = re.search(r"```(?:python)?\n(.*?)(?:```|$)", output, re.DOTALL)
-    if not block:
-        return output
-    code = block.group(1)
-    signature = f"def {item['entry_point']}("
-    if signature in code:
-        body = code[code.index(signature):]
-        return body[body.index("\n") + 1:] if "\n" in body else ""
-    return code
-
-
 def code_score(item: dict, output: str, timeout: float = 10.0) -> dict:
     outcome = run_python(code_program(item, extract_completion(item, output)), timeout=timeout)
     return {"pass@1": float(outcome.passed), "status": outcome.status, "detail": outcome.detail}
-
-
-def mbpp_code(output: str) -> str:
-    """The program in an MBPP answer: a fenced block if there is one, without the [BEGIN]/[DONE] markers."""
-    block = re.search(r"```(?:python)?\n(.*?)(?:```|$)", output, re.DOTALL)
-    code = block.group(1) if block else output
-    return code.replace("[BEGIN]", "").split("[DONE]")[0].strip("\n")
 
 
 def mbpp_score(item: dict, output: str, timeout: float = 10.0) -> dict:

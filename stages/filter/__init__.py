@@ -4,7 +4,7 @@
     granite filter report audit.jsonl [--json summary.json]
     granite filter dedup kept-*.jsonl.zst -o kept.jsonl.zst --audit dedup-audit.jsonl
 
-1. read chat samples (DESIGN.md contract 2) as a stream, in chunks;
+1. read chat samples (docs/design.md, contract 2) as a stream, in chunks;
 2. per sample (stages/filter/curate.py): normalize text; the schema check, then every enabled rule
    (stages/filter/rules.py); the judge (stages/filter/judge.py) for samples no rule rejected;
    accept / borderline / reject; exact and near deduplication of what would be kept;
@@ -16,6 +16,7 @@ Settings come from the recipe's [filter] table; flags override them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -213,10 +214,13 @@ def open_judge(spec: str, model, concurrency, timeout, retries, format_retries, 
                device: str) -> Optional[Judge]:
     if spec == "none":
         return None
-    from model.llm_client import open_chat_model
+    from model.generation import open_engine
 
-    backend = open_chat_model(spec, model, concurrency, timeout, retries, device)
-    cache = JudgeCache(Path(cache_path) if cache_path else recipe.run_dir / "filter" / "judge-cache.sqlite")
+    if spec.startswith(("http://", "https://")) and not model:
+        raise BadInput("an endpoint judge needs --judge-model NAME (the model the server serves)")
+    backend = open_engine(spec, model, device=device, concurrency=concurrency, timeout=timeout, retries=retries,
+                          api_key=os.environ.get("GRANITE_JUDGE_API_KEY"))
+    cache = JudgeCache(Path(cache_path) if cache_path else recipe.paths.filter_dir / "judge-cache.sqlite")
     return Judge(backend, cache, format_retries, logprobs)
 
 

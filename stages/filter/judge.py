@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from granite_cli.errors import BadInput
-from model.llm_client import ChatFailure, ChatReply
+from model.generation import Completion, Request, Sampling
 
 RUBRIC_VERSION = "1"
 DIMENSIONS = {
@@ -39,6 +39,7 @@ HARD_FLAGS = {
 }
 DEFAULT_WEIGHTS = {"correctness": 0.30, "instruction_following": 0.20, "completeness": 0.15, "calibration": 0.15,
                    "conciseness": 0.10, "naturalness": 0.10}
+TOP_LOGPROBS = 5  # alternatives per answer token: enough to weigh the digits 1-5
 MAX_ANSWER_TOKENS = 300
 
 SYSTEM = ("You grade training data for a chat assistant. You are strict and consistent, and you answer with one "
@@ -108,28 +109,28 @@ def parse_answer(text: str) -> tuple[dict | None, str]:
     return answer, ""
 
 
-def expected_scores(reply: ChatReply, answer: dict) -> dict[str, float] | None:
+def expected_scores(reply: Completion, answer: dict) -> dict[str, float] | None:
     """Each score as the expectation over the digits 1-5 the judge weighed at that position, when log-probabilities exist."""
-    if not reply.tokens or "".join(t.token for t in reply.tokens) != reply.text:
+    if not reply.top_logprobs or "".join(reply.tokens) != reply.text:
         return None
     starts, offset = [], 0
     for token in reply.tokens:
         starts.append(offset)
-        offset += len(token.token)
+        offset += len(token)
     scores = {}
     for name in DIMENSIONS:
         found = re.search(rf'"{name}"\s*:\s*([1-5])', reply.text)
         if not found:
             return None
         position = max(i for i, s in enumerate(starts) if s <= found.start(1))
-        weights = {int(tok.strip()): math.exp(lp) for tok, lp in reply.tokens[position].alternatives.items()
+        weights = {int(tok.strip()): math.exp(lp) for tok, lp in reply.top_logprobs[position].items()
                    if tok.strip() in ("1", "2", "3", "4", "5")}
         total = sum(weights.values())
         scores[name] = sum(d * w for d, w in weights.items()) / total if total > 0 else float(answer[name])
     return scores
 
 
-def read_reply(reply: ChatReply, turn: int) -> tuple[TurnJudgement | None, str]:
+def read_reply(reply: Completion, turn: int) -> tuple[TurnJudgement | None, str]:
     answer, problem = parse_answer(reply.text)
     if answer is None:
         return None, problem
@@ -195,10 +196,11 @@ class Judge:
         for attempt in range(self.retries + 1):
             if not pending:
                 break
-            replies = self.backend.chat_many([conversations[j] for j in pending], MAX_ANSWER_TOKENS, 0.0, self.logprobs)
+            sampling = Sampling(max_new_tokens=MAX_ANSWER_TOKENS, top_logprobs=TOP_LOGPROBS if self.logprobs else 0)
+            replies = [c[0] for c in self.backend.generate([Request(messages=conversations[j], sampling=sampling) for j in pending])]
             still = []
             for j, reply in zip(pending, replies):
-                if isinstance(reply, ChatFailure):
+                if reply.error is not None:
                     failures[j] = ("failed", f"judge backend failed: {reply.error}")
                     continue
                 judgement, problem = read_reply(reply, jobs[j][2])

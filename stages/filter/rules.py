@@ -2,8 +2,9 @@
 
 `normalize` rewrites a sample (and says what it changed); every other rule takes the normalized
 sample and its settings and returns the reasons it rejects the sample (an empty list: it passes).
-`RULES` maps the names a recipe or `--rules` uses to the functions; `DEFAULT_SETTINGS` holds each
-rule's documented defaults, which `[filter.rules.NAME]` in a recipe or `--set NAME.KEY=VALUE` tune.
+`RULES` maps the names a recipe's `[filter] checks` or `--checks` uses to the functions;
+`DEFAULT_SETTINGS` holds each check's documented defaults, which `[filter.settings.NAME]` in a recipe
+or `--set NAME.KEY=VALUE` tune.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _normalized(items: list, name: str, key: str, changes: list[str]) -> list:
 
 # ------------------------------------------------------------------ helpers
 def tool_call_arguments(call: dict):
-    """A tool call's arguments as an object: DESIGN.md accepts an object or a JSON string of one."""
+    """A tool call's arguments as an object: docs/design.md (contract 2) accepts an object or a JSON string of one."""
     arguments = call.get("arguments", {})
     if isinstance(arguments, str):
         return json.loads(arguments)

@@ -1,0 +1,212 @@
+"""One generation engine for every stage that asks a model for text: eval, chat, the filter's judge, rl.
+
+    engine = open_engine("runs/tiny/checkpoints/sft")            # or open_engine(URL, model="name")
+    [completions] = engine.generate([Request(messages=[...], sampling=Sampling(temperature=1.0, n=16))])
+    completions[0].text, .token_ids, .logprobs, .top_logprobs, .finish_reason
+
+Each request carries its own sampling settings (temperature, top-p, stop strings, seed, max tokens,
+number of samples, top-k alternatives to report). The local engine batches requests that share
+every setting that changes how a batch is decoded (greedy or sampled, temperature, top-p, stop
+strings, seed) and sorts prompts by length so padding stays small; a request never takes another's
+settings. `logprobs` are the model's own log-probabilities of each generated token (temperature 1,
+no top-p), which is what a policy-gradient ratio needs; `top_logprobs` lists the most likely
+alternatives at each position when asked. Samples of a sampled request depend on its seed and on
+the batch it was decoded in (one torch generator per batch), not on requests with other settings.
+
+The OpenAI-compatible endpoint (vLLM, TGI, llama.cpp, Ollama) lives in model/endpoint.py behind
+the same `generate`; it reports no token ids (the OpenAI protocol has none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from granite_cli.errors import BadInput
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    n: int = 1  # samples of this request
+    top_logprobs: int = 0  # alternatives reported per generated token
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise BadInput(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.n < 1:
+            raise BadInput(f"bad sampling settings: temperature {self.temperature}, top-p {self.top_p}, n {self.n}")
+
+    def batch_key(self) -> tuple:
+        """What requests must share to be decoded in one batch."""
+        return (self.temperature, self.top_p, self.stop, self.seed if self.temperature > 0 else 0)
+
+
+@dataclass
+class Request:
+    """A prompt as rendered text, or as chat messages the engine renders (local: the chat template; endpoint: the server)."""
+
+    prompt: Optional[str] = None
+    messages: Optional[list[dict]] = None
+    tools: Optional[list[dict]] = None
+    documents: Optional[list[dict]] = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+    def __post_init__(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise BadInput("a generation request has either a prompt or messages")
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # each generated token's text
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: Optional[list[dict[str, float]]] = None
+    finish_reason: str = "stop"  # stop (end of text or a stop string), length, or error
+    error: Optional[str] = None
+
+
+def truncate_at_stop(text: str, stops) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found."""
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def open_engine(spec: str, model: Optional[str] = None, *, device: str = "auto", batch_size: int = 16,
+                concurrency: int = 8, timeout: float = 120.0, retries: int = 3, api_key: Optional[str] = None):
+    """A URL opens an OpenAI-compatible endpoint (`model` names the served model), a directory a local checkpoint."""
+    if spec.startswith(("http://", "https://")):
+        from model.endpoint import EndpointEngine
+
+        if not model:
+            raise BadInput("an endpoint needs the name of the model it serves (--model / --judge-model)")
+        return EndpointEngine(spec, model, concurrency=concurrency, timeout=timeout, retries=retries, api_key=api_key)
+    if not Path(spec).is_dir():
+        raise BadInput(f"expected an http(s) URL or a model directory, not {spec!r}")
+    return LocalEngine(spec, device=device, batch_size=batch_size)
+
+
+class LocalEngine:
+    """A local checkpoint directory (ours or any transformers causal LM): batched, KV-cached generation."""
+
+    def __init__(self, path: str, device: str = "auto", batch_size: int = 16, dtype: str = "auto"):
+        from model.checkpoint import load_for_generation
+
+        self.path = Path(path)
+        self.name = str(self.path.resolve())
+        self.model, self.tokenizer, self.device = load_for_generation(self.path, device, dtype)
+        self.batch_size = batch_size
+        self.max_length = getattr(self.model.config, "max_position_embeddings", 4096)
+        # names the weights, not where they are: a judge cache keyed by it survives a moved run directory
+        self.identity = f"local:{self.path.resolve().name}:{_weights_digest(self.path)}"
+
+    def prompt_text(self, request: Request) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        if not self.tokenizer.chat_template:
+            raise BadInput("the model's tokenizer has no chat template: give plain-text prompts, or use an SFT checkpoint",
+                           str(self.path))
+        return self.tokenizer.apply_chat_template(request.messages, tools=request.tools, documents=request.documents,
+                                                  tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+        """n completions for each request, in request order."""
+        prompts = [self.prompt_text(r) for r in requests]
+        results: list[list[Completion]] = [[] for _ in requests]
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for index, request in enumerate(requests):
+            for sample in range(request.sampling.n):
+                groups.setdefault(request.sampling.batch_key(), []).append((index, sample))
+        for key, rows in groups.items():
+            rows.sort(key=lambda row: len(prompts[row[0]]))
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                completions = self._decode([prompts[i] for i, _ in chunk], [requests[i].sampling for i, _ in chunk], start)
+                for (index, sample), completion in zip(chunk, completions):
+                    results[index].append((sample, completion))
+        return [[completion for _, completion in sorted(pairs, key=lambda p: p[0])] for pairs in results]
+
+    def _decode(self, prompts: list[str], settings: list[Sampling], offset: int) -> list[Completion]:
+        import torch
+
+        first = settings[0]
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        # top_k 0: transformers would otherwise cut sampling to its default 50 most likely tokens
+        sampling = ({"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
+                    if first.temperature > 0 else {"do_sample": False})
+        if first.temperature > 0:
+            torch.manual_seed(first.seed + offset)
+        with torch.no_grad():
+            out = self.model.generate(
+                **encoded, max_new_tokens=max(s.max_new_tokens for s in settings), stop_strings=list(first.stop) or None,
+                tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                return_dict_in_generate=True, output_logits=True, **sampling)
+        new = out.sequences[:, encoded["input_ids"].shape[1]:]
+        step_logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in out.logits], 1) if out.logits else None
+        return [self._completion(new[row], step_logprobs[row] if step_logprobs is not None else None, settings[row])
+                for row in range(len(prompts))]
+
+    def _completion(self, ids, step_logprobs, sampling: Sampling) -> Completion:
+        ids = [int(t) for t in ids[:sampling.max_new_tokens]]
+        ended = self.tokenizer.eos_token_id in ids
+        if ended:
+            ids = ids[:ids.index(self.tokenizer.eos_token_id)]
+        text, stopped = truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), sampling.stop)
+        if stopped:  # keep the fewest tokens whose text covers the text before the stop string
+            ids = ids[:next(k for k in range(len(ids) + 1)
+                            if len(self.tokenizer.decode(ids[:k], skip_special_tokens=True)) >= len(text))]
+        logprobs = [float(step_logprobs[i, token]) for i, token in enumerate(ids)] if step_logprobs is not None else []
+        top = None
+        if sampling.top_logprobs and step_logprobs is not None:
+            top = []
+            for i in range(len(ids)):
+                values, indices = step_logprobs[i].topk(sampling.top_logprobs)
+                top.append({self.tokenizer.decode([int(j)]): float(v) for v, j in zip(values, indices)})
+        finish = "length" if len(ids) >= sampling.max_new_tokens and not (ended or stopped) else "stop"
+        return Completion(text, ids, [self.tokenizer.decode([t]) for t in ids], logprobs, top, finish)
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """Sum of log-probabilities of each continuation given its context, and whether it is the greedy one."""
+        import torch
+        import torch.nn.functional as F
+
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        encoded = []
+        for context, continuation in pairs:
+            ctx = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+            cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            encoded.append((ctx, cont))
+        order = sorted(range(len(pairs)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            rows = [(encoded[i][0] + encoded[i][1])[-self.max_length:] for i in chunk]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(rows):
+                ids[r, :len(row)] = torch.tensor(row)
+                mask[r, :len(row)] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+            logprobs = F.log_softmax(logits, dim=-1).cpu()
+            for r, index in enumerate(chunk):
+                n_cont, length = len(encoded[index][1]), len(rows[r])
+                positions = torch.arange(length - n_cont - 1, length - 1)
+                targets = ids[r, length - n_cont:length]
+                scores = logprobs[r, positions]
+                results[index] = (float(scores.gather(1, targets[:, None]).sum()), bool((scores.argmax(-1) == targets).all()))
+        return results
+
+
+def _weights_digest(path: Path) -> str:
+    """A cheap fingerprint of a checkpoint's weights (names, sizes and modification times)."""
+    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.glob("*.safetensors"))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]

@@ -1,0 +1,112 @@
+"""Eval results (docs/design.md, contract 6): per-item rows, per-task summaries, results.json and samples.jsonl,
+and the tables `granite eval` and `granite eval table` print. A later report reads results through `read_results`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from granite_cli.data.atomic import atomic_path
+from granite_cli.errors import BadInput
+from stages.eval.published import MODELS, PUBLISHED
+
+MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte", "judged": "win_rate"}
+NOT_PERCENT = {"bits_per_byte", "rating"}  # shown as is; every other metric is a rate shown in percent
+TASK_MAIN_METRIC = {"mt_bench": "rating", "gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match",
+                    "ifeval": "average", "bbh": "exact_match", "deepmind_math": "exact_match"}
+
+
+def sample_row(spec: TaskSpec, item: dict, index: int, prompt: str, output: str, scores: dict, reason) -> dict:
+    reference = item.get("answer", item.get("canonical_solution"))
+    return {"id": spec.item_id(item, index), "subtask": spec.subtask(item) if spec.subtask else None, "prompt": prompt,
+            "output": output, "reference": reference if isinstance(reference, (str, int, float)) else json.dumps(reference),
+            "scores": scores, "reason": reason}
+
+
+def summarize(spec: TaskSpec, rows: list[dict]) -> dict:
+    metrics = defaultdict(list)
+    by_subtask = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        for name, value in row["scores"].items():
+            metrics[name].append(value)
+            if row["subtask"] is not None:
+                by_subtask[row["subtask"]][name].append(value)
+    main = TASK_MAIN_METRIC.get(spec.name, MAIN_METRIC[spec.kind])
+    means = {name: sum(v) / len(v) for name, v in metrics.items()}
+    # None when no item has the main metric (a judge that never gave a verdict): never shown as a zero
+    return {"main_metric": main, "value": means.get(main), "metrics": means, "n": len(rows),
+            "subtasks": {name: {m: sum(v) / len(v) for m, v in values.items()}
+                         for name, values in sorted(by_subtask.items(), key=lambda kv: natural_key(kv[0]))}}
+
+
+def natural_key(text: str) -> list:
+    """'len 256' before 'len 1024': digits compare as numbers."""
+    import re
+
+    return [float(part) if part.replace(".", "", 1).isdigit() else part for part in re.split(r"(\d+(?:\.\d+)?)", text)]
+
+
+# ------------------------------------------------------------------ output
+def write_results(out: Path, model: str, stage: str, results: dict, samples: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"model": model, "stage": stage, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": sys.argv, "tasks": results}
+    with atomic_path(out / "samples.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(document, indent=2))
+
+
+def results_table(results: dict, compare: Optional[str]) -> Table:
+    size = MODELS.get(compare) if compare else None
+    table = Table(title="eval results" + (f" — IBM {compare} beside" if compare else ""), title_justify="left")
+    for column in ("task", "metric", "ours", "n") + ((f"IBM {compare}",) if compare else ()):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for name, result in results.items():
+        row = [name, result["main_metric"], shown(result["main_metric"], result["value"]), str(result["n"])]
+        if size:
+            row.append(f"{PUBLISHED[name][1][size]:.2f}" if name in PUBLISHED else "-")
+        table.add_row(*row)
+        for subtask, values in result["subtasks"].items():
+            if len(result["subtasks"]) > 1:
+                table.add_row(f"  {subtask}", "", shown(result["main_metric"], values.get(result["main_metric"])), "",
+                              *([""] if size else []))
+    if size:
+        for name, (label, numbers) in PUBLISHED.items():
+            if name not in results:
+                table.add_row(f"[dim]{name}[/]", f"[dim]{label}[/]", "[dim]not run[/]", "", f"{numbers[size]:.2f}")
+    return table
+
+
+def shown(metric: str, value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if metric in NOT_PERCENT else f"{100 * value:.2f}"
+
+
+def read_results(paths: list[Path]) -> list[dict]:
+    """The results.json documents under these directories, oldest first (the order the stages ran)."""
+    documents = [json.loads((p / "results.json").read_text()) for p in paths if (p / "results.json").exists()]
+    if not documents:
+        raise BadInput("no results.json found: run `granite eval` first")
+    return sorted(documents, key=lambda d: d["created"])
+
+
+def stages_table(documents: list[dict]) -> Table:
+    """One row per evaluated stage, one column per task's main metric."""
+    task_names = list(dict.fromkeys(name for d in documents for name in d["tasks"]))
+    table = Table(title="evaluation after each stage (percent; bits_per_byte: lower is better)", title_justify="left")
+    table.add_column("stage")
+    for name in task_names:
+        metric = next(d["tasks"][name]["main_metric"] for d in documents if name in d["tasks"])
+        table.add_column(f"{name}\n{metric}", justify="right")
+    for document in documents:
+        table.add_row(document["stage"], *[shown(document["tasks"][n]["main_metric"], document["tasks"][n]["value"])
+                                           if n in document["tasks"] else "-" for n in task_names])
+    return table

@@ -1,0 +1,47 @@
+"""The generation engine: per-request settings in one batch, token ids and log-probabilities that agree with the model."""
+
+import torch
+
+from model.generation import LocalEngine, Request, Sampling
+
+PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 2, 3,"]
+
+
+def test_a_batch_of_mixed_settings_gives_each_request_its_own(checkpoint):
+    engine = LocalEngine(str(checkpoint), device="cpu", batch_size=8)
+    greedy = [Sampling(max_new_tokens=12)] * 4
+    alone = [engine.generate([Request(prompt=p, sampling=s)])[0][0] for p, s in zip(PROMPTS, greedy)]
+    mixed_settings = [Sampling(max_new_tokens=12), Sampling(max_new_tokens=3),
+                      Sampling(max_new_tokens=12, temperature=1.0, seed=7, n=3), Sampling(max_new_tokens=12, top_logprobs=2)]
+    mixed = engine.generate([Request(prompt=p, sampling=s) for p, s in zip(PROMPTS, mixed_settings)])
+
+    assert mixed[0][0].text == alone[0].text  # greedy stays greedy beside a sampled request
+    assert mixed[1][0].token_ids == alone[1].token_ids[:3] and mixed[1][0].finish_reason in ("length", "stop")
+    assert len(mixed[2]) == 3 and all(len(c.token_ids) <= 12 for c in mixed[2])
+    assert mixed[3][0].token_ids == alone[3].token_ids and all(len(t) == 2 for t in mixed[3][0].top_logprobs)
+    assert mixed[0][0].top_logprobs is None  # alternatives only where asked
+    again = engine.generate([Request(prompt=PROMPTS[2], sampling=mixed_settings[2])])[0]
+    assert [c.token_ids for c in again] == [c.token_ids for c in mixed[2]]  # the seed makes sampling repeatable
+
+
+def test_logprobs_are_the_models_own(checkpoint):
+    engine = LocalEngine(str(checkpoint), device="cpu")
+    [[completion]] = engine.generate([Request(prompt=PROMPTS[0], sampling=Sampling(max_new_tokens=8, temperature=1.0, seed=1))])
+    prompt_ids = engine.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + completion.token_ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(engine.model(input_ids=ids).logits.float(), -1)[0]
+    expected = [float(logprobs[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(completion.token_ids)]
+    assert torch.allclose(torch.tensor(completion.logprobs), torch.tensor(expected), atol=1e-4)
+    assert engine.tokenizer.decode(completion.token_ids, skip_special_tokens=True) == completion.text
+
+
+def test_a_stop_string_ends_the_text_and_its_tokens(checkpoint):
+    engine = LocalEngine(str(checkpoint), device="cpu")
+    [[free]] = engine.generate([Request(prompt="Hello", sampling=Sampling(max_new_tokens=16))])
+    assert free.finish_reason == "length" and len(free.token_ids) == 16
+    [[stopped]] = engine.generate([Request(prompt="Hello", sampling=Sampling(max_new_tokens=16, stop=("lolo",)))])
+    assert stopped.finish_reason == "stop" and len(stopped.token_ids) < 16
+    assert free.text.startswith(stopped.text) and "lolo" not in stopped.text
+    assert engine.tokenizer.decode(stopped.token_ids, skip_special_tokens=True) == stopped.text
+    assert len(stopped.logprobs) == len(stopped.token_ids) == len(stopped.tokens)
