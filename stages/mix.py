@@ -47,6 +47,8 @@ RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 def mix_command(
     phase: Optional[int] = typer.Option(None, "--phase", "-p", help="Recipe phase to mix (1-5). With --heldout and no "
                                                                      "--phase: the sources of every phase."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="A long-context stage of the phase ([[phases.stages]], phase 5): "
+                                                             "its own mixture and token budget. Required for a phase with stages."),
     recipe: Optional[str] = options.RecipeOption,
     run_dir: Optional[str] = options.RunDirOption,
     seed: int = options.SeedOption,
@@ -76,17 +78,18 @@ def mix_command(
         raise BadInput("--phase is required (which recipe phase to mix)")
     if heldout:
         return write_heldout(loaded, phase, seed, output, on_error)
-    budget = _budget(loaded, phase, tokens)
-    targets = {name: budget * share / 100 for name, share in loaded.mixture(phase).items()}
+    stage = _stage(loaded, phase, stage)
+    budget = _budget(loaded, phase, tokens, stage)
+    targets = {name: budget * share / 100 for name, share in loaded.mixture(phase, stage).items()}
     sources = {name: _declared(loaded, name) for name in targets}
     if dry_run:
-        console.print(dry_run_table(loaded, phase, budget, sources, targets))
+        console.print(dry_run_table(loaded, f"{phase}" + (f" stage {stage}" if stage else ""), budget, sources, targets))
         return
     index, count = options.array_position(shard_index, num_shards)
     policy = ErrorPolicy(on_error)
     counter = token_counter(loaded, tokenizer)
     fraction = loaded.heldout_fraction
-    available = available_tokens(sources, counter, policy, loaded.run_dir, fraction)
+    available = available_tokens(sources, counter, policy, loaded.paths.cache, fraction)
     check_supply(sources, targets, available)
     slack = budget * loaded.mix_tolerance / 100 / 2
     cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter, slack, fraction=fraction)
@@ -94,18 +97,18 @@ def mix_command(
     stream = interleave(cursors)
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
-        task = bar.add_task(f"mix phase {phase}", total=int(sum(targets.values())), rate="")
+        task = bar.add_task(f"mix phase {phase}" + (f" stage {stage}" if stage else ""), total=int(sum(targets.values())), rate="")
         pending = 0
         for position, (cursor, doc, n_tokens) in enumerate(stream):
             if position % count == index:
                 cursor.written += 1
-                sink.write(dumps(output_document(doc, cursor, phase)))
+                sink.write(dumps(output_document(doc, cursor, phase, stage)))
             pending += n_tokens
             if position % PROGRESS_EVERY == 0:
                 bar.advance(task, pending)
                 pending = 0
     policy.report()
-    report = mix_report(loaded, phase, budget, cursors, available, seed, index, count)
+    report = mix_report(loaded, phase, stage, budget, cursors, available, seed, index, count)
     console.print(report_table(report, loaded.mix_tolerance))
     if target_path not in (None, "-") and Path(output).suffix not in (".jsonl", ".zst", ".gz"):
         with atomic_path(Path(output) / f"mix-{index:05d}-of-{count:05d}.json") as tmp:
@@ -117,7 +120,8 @@ def write_heldout(recipe: Recipe, phase: Optional[int], seed: int, output: Optio
     if recipe.heldout_fraction <= 0:
         raise BadInput(f"recipe {recipe.name!r} sets no heldout_fraction, so it has no held-out split", str(recipe.path))
     phases = [phase] if phase is not None else sorted(recipe.phases)
-    names = sorted({name for number in phases for name in recipe.mixture(number)})
+    names = sorted({name for number in phases for stage in [None, *(s.name for s in recipe.phase(number).stages)]
+                    for name in recipe.mixture(number, stage)})
     policy = ErrorPolicy(on_error)
     counter = token_counter(recipe, None)
     cursors = [SourceCursor(_declared(recipe, name), 0.0, seed, policy, counter, heldout=True,
@@ -138,10 +142,22 @@ def write_heldout(recipe: Recipe, phase: Optional[int], seed: int, output: Optio
 
 
 # ------------------------------------------------------------------ planning
-def _budget(recipe: Recipe, phase: int, override: Optional[str]) -> int:
+def _stage(recipe: Recipe, phase: int, stage: Optional[str]) -> Optional[str]:
+    """The long-context stage to mix: a phase with stages is mixed one stage at a time."""
+    stages = recipe.phase(phase).stages
+    if stage is None and stages:
+        raise BadInput(f"phase {phase} is mixed one stage at a time: pass --stage with one of "
+                       f"{', '.join(s.name for s in stages)}")
+    if stage is not None:
+        recipe.phase(phase).stage(stage)  # names the known stages when there is no such one
+    return stage
+
+
+def _budget(recipe: Recipe, phase: int, override: Optional[str], stage: Optional[str] = None) -> int:
     from granite_cli.recipe import parse_count
 
-    budget = parse_count(override, "--tokens") if override else recipe.phase(phase).tokens
+    declared = recipe.phase(phase).stage(stage).tokens if stage else recipe.phase(phase).tokens
+    budget = parse_count(override, "--tokens") if override else declared
     if budget <= 0:
         raise BadInput(f"phase {phase} has no token budget: set `tokens` in the recipe or pass --tokens")
     return budget
@@ -171,14 +187,14 @@ class TokenCounter:
     count: Callable[[str], int]
 
 
-def available_tokens(sources: dict[str, Source], counter: TokenCounter, policy: ErrorPolicy, run_dir: Path,
+def available_tokens(sources: dict[str, Source], counter: TokenCounter, policy: ErrorPolicy, cache_dir: Path,
                      fraction: float) -> dict[str, int]:
     """Tokens one pass over each source's training split holds.
 
-    Counted per file and cached under the run directory by (path, size, mtime, counting method, split),
+    Counted per file and cached in the run directory's cache by (path, size, mtime, counting method, split),
     so a rerun or a job-array worker reads the cache instead of the data.
     """
-    cache_path = run_dir / ".cache" / "source-tokens.json"
+    cache_path = cache_dir / "source-tokens.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     changed = False
     available = {}
@@ -292,10 +308,13 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
             heapq.heappush(heap, (cursor.behind(), order, cursor))
 
 
-def output_document(doc: dict, cursor: SourceCursor, phase: int) -> dict:
-    """The document as emitted: `source` is the recipe's source name; a repeated pass is marked."""
+def output_document(doc: dict, cursor: SourceCursor, phase, stage: Optional[str] = None) -> dict:
+    """The document as emitted: `source` is the recipe's source name, `phase` (and `stage`) where it goes; a repeated
+    pass is marked."""
     doc["source"] = cursor.source.name
     doc["phase"] = phase
+    if stage:
+        doc["stage"] = stage
     if cursor.epoch:
         doc["repeat"] = cursor.epoch
     return doc
@@ -310,10 +329,10 @@ def _output_path(output: Optional[str], index: int, count: int) -> Optional[str]
 
 
 # ------------------------------------------------------------------ reporting
-def mix_report(recipe, phase, budget, cursors, available, seed, index, count) -> dict:
+def mix_report(recipe, phase, stage, budget, cursors, available, seed, index, count) -> dict:
     total = sum(c.emitted_tokens for c in cursors) or 1
     return {
-        "recipe": recipe.name, "phase": phase, "budget_tokens": budget, "seed": seed,
+        "recipe": recipe.name, "phase": phase, **({"stage": stage} if stage else {}), "budget_tokens": budget, "seed": seed,
         "shard_index": index, "num_shards": count, "emitted_tokens": total, "command": sys.argv,
         "sources": {
             c.source.name: {"target_pct": 100 * c.target / budget, "achieved_pct": 100 * c.emitted_tokens / total,
@@ -325,7 +344,8 @@ def mix_report(recipe, phase, budget, cursors, available, seed, index, count) ->
 
 
 def report_table(report: dict, tolerance: float) -> Table:
-    table = Table(title=f"mix: {report['recipe']} phase {report['phase']} — {format_count(report['emitted_tokens'])} tokens "
+    where = f"phase {report['phase']}" + (f" stage {report['stage']}" if "stage" in report else "")
+    table = Table(title=f"mix: {report['recipe']} {where} — {format_count(report['emitted_tokens'])} tokens "
                         f"(target {format_count(report['budget_tokens'])}, tolerance ±{tolerance:g} pp)", title_justify="left")
     for column in ("source", "target %", "achieved %", "tokens", "documents", "repetitions"):
         table.add_column(column, justify="left" if column == "source" else "right")
@@ -337,7 +357,7 @@ def report_table(report: dict, tolerance: float) -> Table:
     return table
 
 
-def dry_run_table(recipe: Recipe, phase: int, budget: int, sources: dict[str, Source], targets: dict[str, float]) -> Table:
+def dry_run_table(recipe: Recipe, phase: str, budget: int, sources: dict[str, Source], targets: dict[str, float]) -> Table:
     table = Table(title=f"mix plan (dry run): {recipe.name} phase {phase} — {format_count(budget)} tokens", title_justify="left")
     for column in ("source", "share %", "target tokens", "max repetition", "files", "bytes on disk"):
         table.add_column(column, justify="left" if column == "source" else "right")

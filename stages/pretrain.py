@@ -60,9 +60,9 @@ def pretrain_command(
     loaded = load_recipe(recipe, run_dir)
     paths = loaded.paths
     spec = loaded.phase(phase)
-    training = dict(spec.training)
-    seq = seq_len or int(training.get("seq_len", 4096))
-    global_batch = max(1, parse_count(batch_tokens or training.get("batch_tokens", "4M"), "--batch-tokens") // seq)
+    training = spec.training
+    seq = seq_len or training.seq_len
+    global_batch = max(1, (parse_count(batch_tokens, "--batch-tokens") if batch_tokens else training.batch_tokens) // seq)
     out = Path(output) if output else paths.pretrain_checkpoint(phase)
     with TrainingRun("pretrain", out, flags) as run:
         previous = paths.pretrain_checkpoint(phase - 1)
@@ -81,7 +81,7 @@ def pretrain_command(
         if n_steps < 1:
             raise BadInput(f"the shards hold {windows.count} windows of {seq + 1} tokens: fewer than one batch of "
                            f"{global_batch}; lower --batch-tokens or --seq-len, or add data")
-        model, lineage = starting_model(parent, preset or loaded.raw.get("model", {}).get("preset", "tiny-2m"), tok, seq, flags.seed)
+        model, lineage = starting_model(parent, preset or loaded.model.preset, tok, seq, flags.seed)
         sched, offset = continue_schedule(spec.schedule, lineage, n_steps * global_batch * seq, lr, warmup, schedule)
         settings = run.settings(sched, training, offset=offset, n_steps=n_steps, global_batch=global_batch, seq=seq, model=model)
         report_plan(phase, model, settings, windows, parent, run.dist)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -25,6 +26,8 @@ def show(
     numbers = [phase] if phase is not None else sorted(loaded.phases)
     for number in numbers:
         console.print(phase_table(loaded, number))
+    if phase is None and loaded.rl.stages:
+        console.print(rl_table(loaded))
     console.print("[dim]* = default chosen by granite where IBM published no value[/]")
 
 
@@ -44,10 +47,26 @@ def phase_table(recipe: Recipe, number: int) -> Table:
         table.add_row(source, f"{share:g}", format_count(int(phase.tokens * share / 100)),
                       f"{declared.max_repetition:g}" if declared else "[red]undeclared[/]")
     for stage in phase.stages:
-        stage_mix = stage.get("mixture")
-        shown = stage_mix if isinstance(stage_mix, str) else ", ".join(f"{k} {v:g}%" for k, v in stage_mix.items())
-        table.add_row(f"[italic]stage {stage.get('name')}[/]", "", format_count(stage.get("tokens", 0)),
-                      f"len {format_count(stage.get('length', 0))}, rope_theta {stage.get('rope_theta', '?'):g}* — {shown}")
+        mix = stage.mixture if isinstance(stage.mixture, str) else ", ".join(f"{k} {v:g}%" for k, v in stage.mixture.items())
+        theta = f"rope_theta {stage.rope_theta:g}" if stage.rope_theta is not None else "rope_theta by extend-context's rule"
+        sizes = f", sizes {'/'.join(stage.sizes)}" if stage.sizes else ""
+        table.add_row(f"[italic]stage {stage.name}[/]", "", format_count(stage.tokens),
+                      f"length {stage.length:,}, {theta}{sizes} — {mix}")
+    if phase.merge is not None:
+        table.add_row("[italic]merge[/]", "", "", f"{phase.merge.method}, parent weight {phase.merge.base_weight:g}")
+    return table
+
+
+def rl_table(recipe: Recipe) -> Table:
+    rl = recipe.rl
+    table = Table(title=f"rl: G={rl.samples_per_prompt} x {rl.prompts_per_step} prompts a step, context {rl.max_context:,}, "
+                        f"{rl.loss} loss, clip {rl.epsilon_low:g}/{rl.epsilon_high:g}, dynamic sampling "
+                        f"{'on' if rl.dynamic_sampling else 'off'}", title_justify="left")
+    for column in ("stage", "name", "reward", "LR", "KL beta", "steps", "data"):
+        table.add_column(column, justify="right" if column in ("LR", "KL beta", "steps") else "left")
+    for stage in rl.stages:
+        table.add_row(str(stage.number), stage.name, stage.reward, f"{stage.lr:g}", f"{stage.beta:g}",
+                      str(stage.steps or "one pass"), ", ".join(Path(p).name for p in stage.data))
     return table
 
 

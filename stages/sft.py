@@ -33,9 +33,6 @@ from granite_cli.errors import BadInput
 from granite_cli.training.logprobs import IGNORE
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
 
-# IBM's published SFT settings (RECIPE.md); a recipe's [sft] table overrides them.
-PUBLISHED = {"epochs": 3, "lr": 5e-6, "warmup": "3%", "seq_len": 16384, "batch_sequences": 256, "val_fraction": 0.02,
-             "weight_decay": 0.0, "betas": [0.9, 0.95], "grad_clip": 1.0}
 OVERLONG = ("truncate", "drop")
 
 
@@ -66,10 +63,10 @@ def sft_command(
     from granite_cli.training.schedules import build_schedule
 
     loaded = load_recipe(recipe, run_dir)
-    table = {**PUBLISHED, **loaded.raw.get("sft", {})}
-    seq = seq_len or int(table["seq_len"])
-    global_batch = batch_sequences or int(table["batch_sequences"])
-    n_epochs = epochs if epochs is not None else float(table["epochs"])
+    table = loaded.sft
+    seq = seq_len or table.seq_len
+    global_batch = batch_sequences or table.batch_sequences
+    n_epochs = epochs if epochs is not None else table.epochs
     if overlong not in OVERLONG:
         raise BadInput(f"--overlong must be one of {', '.join(OVERLONG)}")
     paths = list(data) if data else [str(loaded.paths.kept_samples)]
@@ -81,7 +78,7 @@ def sft_command(
         tokenizer_dir = run.workdir / "tokenizer"
         tokenizer = chat_tokenizer(parent, tokenizer_dir if run.dist.main else None)
         policy = ErrorPolicy(on_error)
-        fraction = val_fraction if val_fraction is not None else float(table["val_fraction"])
+        fraction = val_fraction if val_fraction is not None else table.val_fraction
         train_set, val_set, counts = prepare_conversations(read_records(paths, policy), tokenizer, seq, overlong, fraction,
                                                            flags.seed, policy)
         policy.report()
@@ -91,8 +88,8 @@ def sft_command(
         if train.steps < 1:
             raise BadInput(f"{len(train_set)} training conversations pack into {train.rows_per_epoch} sequences: fewer than "
                            f"one batch of {global_batch}; lower --batch-sequences or add data")
-        peak_lr = lr if lr is not None else float(table["lr"])
-        schedule = build_schedule({"name": "linear", "warmup": warmup or table["warmup"], "final_lr_ratio": 0.0},
+        peak_lr = lr if lr is not None else table.lr
+        schedule = build_schedule({"name": "linear", "warmup": warmup or table.warmup, "final_lr_ratio": 0.0},
                                   peak_lr, train.steps * global_batch * seq)
         settings = run.settings(schedule, table, offset=0, n_steps=train.steps, global_batch=global_batch, seq=seq, model=model)
         report_plan(parent, train, counts, settings, peak_lr, run.dist)

@@ -75,7 +75,7 @@ def tokenize_command(
     loaded = load_recipe(recipe, run_dir)
     from granite_cli.data.tokenizer_io import load_tokenizer, tokenizer_identity
 
-    tokenizer_path = tokenizer or str(loaded.run_dir / "tokenizer")
+    tokenizer_path = tokenizer or str(loaded.paths.tokenizer)
     tok = load_tokenizer(tokenizer_path)
     identity = tokenizer_identity(tok, tokenizer_path)
     if identity["eos_id"] is None:
@@ -86,7 +86,7 @@ def tokenize_command(
     first = next(records, None)
     if first is None:
         raise BadInput("no documents in the input", ", ".join(paths))
-    out = Path(output) if output else loaded.run_dir / "shards" / _phase_dir(phase, first)
+    out = Path(output) if output else loaded.paths.shards(_phase_dir(phase, first))
     if count > 1:
         out = out / f"part-{index:05d}"
     documents = _prepend(first, records)
@@ -104,7 +104,7 @@ def _phase_dir(phase: Optional[int], first: dict) -> str:
         return "heldout"
     if not isinstance(phase, int):
         raise BadInput("no output directory: give -o DIR, or --phase N to write <run-dir>/shards/phase-N")
-    return f"phase-{phase}"
+    return f"phase-{phase}-{first['stage']}" if first.get("stage") else f"phase-{phase}"
 
 
 def _prepend(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
@@ -257,20 +257,20 @@ def train_command(
     The result is a Hugging Face tokenizer directory that AutoTokenizer.from_pretrained loads offline.
     """
     loaded = load_recipe(recipe, run_dir)
-    out = Path(output) if output else loaded.run_dir / "tokenizer"
+    out = Path(output) if output else loaded.paths.tokenizer
     if (out / "tokenizer.json").exists() and not overwrite:
         console.print(f"tokenizer already at [bold]{out}[/] (pass --overwrite to retrain)")
         return
-    size = vocab_size or loaded.tokenizer.get("vocab_size")
+    size = vocab_size or loaded.tokenizer.vocab_size
     if not size or size < 300:
         raise BadInput("--vocab-size must be at least 300 (256 bytes + special tokens + merges)")
-    budget = parse_count(max_bytes or loaded.tokenizer.get("train_bytes_per_source", 0), "--max-bytes") or None
+    budget = (parse_count(max_bytes, "--max-bytes") if max_bytes else loaded.tokenizer.train_bytes_per_source) or None
     policy = ErrorPolicy(on_error)
     texts = training_texts(inputs, loaded, budget, policy)
     from granite_cli.data.tokenizer_train import train_bpe
 
     started = time.perf_counter()
-    tokenizer = train_bpe(texts, size, min_frequency, loaded.tokenizer.get("name", "granite-bpe"))
+    tokenizer = train_bpe(texts, size, min_frequency, loaded.tokenizer.name)
     with atomic_directory(out) as staged:
         tokenizer.save_pretrained(str(staged))
     policy.report()
@@ -282,7 +282,7 @@ def training_texts(inputs: Optional[list[str]], recipe, budget: Optional[int], p
     if inputs:
         groups = [read_records([p], policy, require_text=True) for p in inputs]
     else:
-        names = recipe.tokenizer.get("train_sources") or list(recipe.sources)
+        names = recipe.tokenizer.train_sources or list(recipe.sources)
         groups = [_source_docs(recipe.sources[name], policy) for name in names]
     for docs in groups:
         used = 0

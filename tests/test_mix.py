@@ -136,3 +136,25 @@ def test_heldout_split_is_disjoint_from_every_training_mix(phase4, tmp_path):
     for phase in ("1", "4"):
         training = {(d["source"], d["id"]) for d in records(mix("--phase", phase, "--run-dir", run).stdout)}
         assert not heldout & training
+
+
+def test_a_long_context_stage_mixes_its_own_mixture_and_budget(tmp_path):
+    mix("--phase", "5", "--stage", "1K", "--seed", "1", "--run-dir", tmp_path, "-o", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "mix-00000-of-00001.json").read_text())
+    assert report["stage"] == "1K" and report["budget_tokens"] == 40_000  # the tiny recipe's 1K stage, on the phase-4 mix
+    assert {name: row["target_pct"] for name, row in report["sources"].items()} == pytest.approx(
+        {"commoncrawl-hq": 40, "code": 20, "math": 20, "long-cot": 6, "code-instructions": 5, "language-instructions": 9})
+    for name, row in report["sources"].items():
+        assert abs(row["achieved_pct"] - row["target_pct"]) <= 0.5, name
+    docs = records(zstandard.ZstdDecompressor().decompress((tmp_path / "out" / "mix-00000-of-00001.jsonl.zst").read_bytes(),
+                                                           max_output_size=1 << 30))
+    assert docs and all(d["phase"] == 5 and d["stage"] == "1K" for d in docs)
+    plan = mix("--phase", "5", "--stage", "4K", "--dry-run", "--run-dir", tmp_path).stderr.decode()
+    assert "books" in plan and "80.00" in plan and "code-repositories" in plan and "commoncrawl-hq" not in plan
+
+
+def test_a_phase_with_stages_needs_one(tmp_path):
+    result = mix("--phase", "5", "--run-dir", tmp_path, check=False)
+    assert result.returncode == 2 and "1K, 2K, 4K" in result.stderr.decode()
+    result = mix("--phase", "5", "--stage", "8K", "--run-dir", tmp_path, check=False)
+    assert result.returncode == 2 and "no stage '8K'" in result.stderr.decode()

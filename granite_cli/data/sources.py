@@ -59,7 +59,7 @@ def _read_hf(name: str, source: Source) -> Iterator[dict]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split=source.hf_split)
+        dataset = datasets.load_dataset(name, split=source.split)
     except Exception as err:  # datasets raises many types for "not cached"
         raise BadInput(f"source {source.name!r}: cannot load hf:{name} from the local cache ({err})") from err
     for row in dataset:

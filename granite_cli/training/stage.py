@@ -108,8 +108,9 @@ class TrainingRun:
 
         distributed.teardown(self.dist)
 
-    def settings(self, schedule, training: dict, *, offset: int, n_steps: int, global_batch: int, seq: int, model):
-        """TrainSettings from a built schedule, a recipe's training table (weight decay, betas, clipping) and the flags."""
+    def settings(self, schedule, optimizer, *, offset: int, n_steps: int, global_batch: int, seq: int, model):
+        """TrainSettings from a built schedule, the recipe's optimizer settings (any table with weight_decay, betas and
+        grad_clip: [phases.training], [sft]) and the flags."""
         import torch
 
         from granite_cli.training.flops import flops_per_token, measure_peak_flops
@@ -121,8 +122,8 @@ class TrainingRun:
         peak_flops = f.peak_tflops * 1e12 if f.peak_tflops else measure_peak_flops(self.dist.device, dtype)
         return TrainSettings(
             steps=n_steps, global_batch=global_batch, micro_batch=min(f.micro_batch, global_batch), seq_len=seq,
-            schedule=schedule, tokens_offset=offset, weight_decay=float(training.get("weight_decay", 0.1)),
-            betas=tuple(training.get("betas", (0.9, 0.95))), grad_clip=float(training.get("grad_clip", 1.0)),
+            schedule=schedule, tokens_offset=offset, weight_decay=optimizer.weight_decay,
+            betas=tuple(optimizer.betas), grad_clip=optimizer.grad_clip,
             log_every=f.log_every, eval_every=f.eval_every, checkpoint_every=f.checkpoint_every, keep_last=f.keep_last,
             precision=precision, compile=f.compile, parallel=f.parallel, peak_flops=peak_flops,
             flops_per_token=flops_per_token(model.config, seq))

@@ -25,7 +25,7 @@ import typer
 from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput
-from granite_cli.recipe import Recipe, expand_path, load_recipe
+from granite_cli.recipe import FilterSection, Recipe, expand_path, load_recipe
 from granite_cli.data.atomic import atomic_path
 from granite_cli.data.records import ErrorPolicy, dumps, input_paths, read_records, record_writer
 from stages.filter import report as report_module
@@ -73,10 +73,10 @@ def filter_command(
 ) -> None:
     """Filter chat samples: rules and judge decide, the audit says why, the report sums it up."""
     loaded = load_recipe(recipe, run_dir)
-    settings = recipe_settings(loaded)
+    settings = loaded.filter
     index, count = options.array_position(shard_index, num_shards)
     policy = judge_policy(settings, accept_at, reject_below, weights)
-    keep_borderline = borderline_choice(borderline or settings.get("borderline", "drop"))
+    keep_borderline = borderline_choice(borderline or settings.borderline)
     enabled = enabled_checks(checks, settings)
     tuned = tuned_settings(settings, set_values, decontaminate, tokenizer, loaded)
     the_judge = open_judge(judge, judge_model, judge_concurrency, judge_timeout, judge_retries, judge_format_retries,
@@ -85,7 +85,7 @@ def filter_command(
                       policy, ExactIndex() if "exact_dedup" in enabled else None,
                       MinHashIndex(**tuned["near_dedup"]) if "near_dedup" in enabled else None, keep_borderline)
     suffix = f"-{index:05d}-of-{count:05d}" if count > 1 else ""
-    audit_path = audit or str(loaded.run_dir / "filter" / f"audit{suffix}.jsonl")
+    audit_path = audit or str(loaded.paths.filter_dir / f"audit{suffix}.jsonl")
     run_curation(curator, input_paths(inputs), output, audit_path, ErrorPolicy(on_error), chunk, index, count)
     if the_judge is not None:
         console.print(f"judge cache: {the_judge.cache.hits} hit(s), {the_judge.cache.misses} miss(es)")
@@ -122,14 +122,10 @@ def write_chunk(results: list[tuple[dict, dict]], kept_sink, audit_sink) -> None
 
 
 # ------------------------------------------------------------------ settings
-def recipe_settings(recipe: Recipe) -> dict:
-    return dict(recipe.raw.get("filter", {}))
-
-
-def judge_policy(settings: dict, accept_at, reject_below, weights: Optional[str]) -> JudgePolicy:
-    chosen = {**DEFAULT_WEIGHTS, **settings.get("weights", {}), **parse_assignments(weights or "", "--weights")}
-    return JudgePolicy(accept_at if accept_at is not None else float(settings.get("accept_at", 4.0)),
-                       reject_below if reject_below is not None else float(settings.get("reject_below", 3.0)),
+def judge_policy(settings: FilterSection, accept_at, reject_below, weights: Optional[str]) -> JudgePolicy:
+    chosen = {**DEFAULT_WEIGHTS, **settings.weights, **parse_assignments(weights or "", "--weights")}
+    return JudgePolicy(accept_at if accept_at is not None else settings.accept_at,
+                       reject_below if reject_below is not None else settings.reject_below,
                        {k: float(v) for k, v in chosen.items()})
 
 
@@ -139,8 +135,11 @@ def borderline_choice(value: str) -> bool:
     return value == "keep"
 
 
-def enabled_checks(checks: Optional[str], settings: dict) -> list[str]:
-    names = [c.strip() for c in checks.split(",") if c.strip()] if checks is not None else settings.get("checks", list(OPTIONAL_CHECKS))
+def enabled_checks(checks: Optional[str], settings: FilterSection) -> list[str]:
+    if checks is not None:
+        names = [c.strip() for c in checks.split(",") if c.strip()]
+    else:
+        names = settings.checks if settings.checks is not None else list(OPTIONAL_CHECKS)
     unknown = [n for n in names if n not in OPTIONAL_CHECKS and n != "schema"]
     if unknown:
         raise BadInput(f"unknown check(s) {', '.join(unknown)} (known: schema, {', '.join(OPTIONAL_CHECKS)})")
@@ -160,11 +159,11 @@ def parse_assignments(text: str, flag: str) -> dict:
     return out
 
 
-def tuned_settings(settings: dict, set_values: Optional[list[str]], decontaminate: Optional[list[str]],
+def tuned_settings(settings: FilterSection, set_values: Optional[list[str]], decontaminate: Optional[list[str]],
                    tokenizer: Optional[str], recipe: Recipe) -> dict[str, dict]:
     """Each check's settings: its defaults, then the recipe's [filter.settings.CHECK], then --set; plus what they load."""
     tuned = {name: dict(values) for name, values in {**DEFAULT_SETTINGS, "near_dedup": NEAR_DEFAULTS}.items()}
-    for name, values in settings.get("settings", {}).items():
+    for name, values in settings.settings.items():
         if name not in tuned:
             raise BadInput(f"[filter.settings.{name}]: no check has settings by that name (known: {', '.join(sorted(tuned))})",
                            str(recipe.path))
@@ -193,7 +192,7 @@ def _number_or_text(value: str):
 
 def token_counter(tokenizer: Optional[str], recipe: Recipe):
     """Tokens of a rendered sample: exact with a tokenizer (chat template applied), else UTF-8 bytes / bytes_per_token."""
-    path = tokenizer or (str(recipe.run_dir / "tokenizer") if (recipe.run_dir / "tokenizer").is_dir() else None)
+    path = tokenizer or (str(recipe.paths.tokenizer) if recipe.paths.tokenizer.is_dir() else None)
     if path is None:
         def estimate(sample: dict) -> int:
             text = json.dumps([sample["messages"], sample.get("tools"), sample.get("documents")], ensure_ascii=False)
@@ -251,11 +250,11 @@ def dedup_command(
     on_error: str = options.OnErrorOption,
 ) -> None:
     """Deduplicate across the shards of a job array (each shard deduplicated only its own samples)."""
-    settings = recipe_settings(load_recipe(recipe, run_dir))
+    settings = load_recipe(recipe, run_dir).filter
     chosen = [c.strip() for c in checks.split(",") if c.strip()]
     if not chosen or set(chosen) - set(DEDUP_RULES):
         raise BadInput(f"--checks for dedup takes {' and/or '.join(DEDUP_RULES)}, not {checks!r}")
-    near_settings = {**NEAR_DEFAULTS, **settings.get("settings", {}).get("near_dedup", {})}
+    near_settings = {**NEAR_DEFAULTS, **settings.settings.get("near_dedup", {})}
     curator = Curator([], None, JudgePolicy(), ExactIndex() if "exact_dedup" in chosen else None,
                       MinHashIndex(**near_settings) if "near_dedup" in chosen else None, keep_borderline=False)
     run_curation(curator, inputs, output, audit, ErrorPolicy(on_error), 1024, 0, 1)
