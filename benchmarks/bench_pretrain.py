@@ -3,7 +3,7 @@
 Same model (a preset built from its config), same token windows, same global batch and micro
 batch, fp32 on this machine's CPU, in one run. Each figure is the median seconds per optimizer
 step after two warm-up steps; tokens/s = global batch tokens / that median. MFU divides achieved
-model FLOP/s (granite_cli/flops.py) by this machine's measured fp32 matmul peak.
+model FLOP/s (granite_cli/training/flops.py) by this machine's measured fp32 matmul peak.
 
     python benchmarks/bench_pretrain.py [--preset tiny-2m] [--steps 8] [--mfu-presets small-10m,base-50m]
 """

@@ -227,7 +227,7 @@ class Phase:
 
 @dataclass
 class SFTSection:
-    """[sft]: supervised fine-tuning; the defaults are IBM's published settings (RECIPE.md)."""
+    """[sft]: supervised fine-tuning; the defaults are IBM's published settings (docs/recipe.md)."""
 
     epochs: float = spec(3.0, _number, "passes over the training split (IBM: 3)")
     lr: float = spec(5e-6, _number, "peak learning rate (IBM: 5e-6)")
@@ -261,14 +261,14 @@ class RLStage:
     goal: str = spec("", _text, "what the stage is for")
     data: list = spec([], _texts, "prompt files (RL prompts: docs/design.md, contract 3)")
     reward: str = spec("verifiers", _text, "verifiers (each prompt's verifier record) or reward_model")
-    lr: float = required(_number, "learning rate (RECIPE.md: 5e-7 or 3e-7)")
-    beta: float = required(_number, "KL coefficient to the stage's starting model (RECIPE.md: 0.05 or 0.09)")
+    lr: float = required(_number, "learning rate (docs/recipe.md: 5e-7 or 3e-7)")
+    beta: float = required(_number, "KL coefficient to the stage's starting model (docs/recipe.md: 0.05 or 0.09)")
     steps: int = spec(0, _integer, "optimizer steps (0: one pass over the prompts)")
 
 
 @dataclass
 class RLSection:
-    """[rl]: on-policy GRPO with the DAPO loss, shared by the four stages (RECIPE.md)."""
+    """[rl]: on-policy GRPO with the DAPO loss, shared by the four stages (docs/recipe.md)."""
 
     samples_per_prompt: int = spec(16, _integer, "completions sampled per prompt, the group of GRPO (IBM: 16)")
     prompts_per_step: int = spec(64, _integer, "prompts per rollout batch (IBM: 64 x 16 = 1024 completions)")
@@ -282,6 +282,10 @@ class RLSection:
 
 
 SECTIONS = {"model": ModelSection, "tokenizer": TokenizerSection, "sft": SFTSection, "filter": FilterSection}
+# every table a recipe may hold, by its TOML header (what `granite recipe keys` documents)
+TABLES = {"[model]": ModelSection, "[tokenizer]": TokenizerSection, "[sources.NAME]": Source, "[[phases]]": Phase,
+          "[phases.training]": Training, "[[phases.stages]]": ContextStage, "[phases.merge]": Merge, "[sft]": SFTSection,
+          "[filter]": FilterSection, "[rl]": RLSection, "[[rl.stages]]": RLStage}
 TOP_LEVEL = {"name": _text, "description": _text, "run_dir": _text, "bytes_per_token": _number, "mix_tolerance": _number,
              "heldout_fraction": _number, "max_repetition": _number}
 

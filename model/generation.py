@@ -173,6 +173,42 @@ class LocalEngine:
         finish = "length" if len(ids) >= sampling.max_new_tokens and not (ended or stopped) else "stop"
         return Completion(text, ids, [self.tokenizer.decode([t]) for t in ids], logprobs, top, finish)
 
+    def stream(self, request: Request):
+        """One sample of one request, yielded as text pieces as soon as they are decoded (for `granite chat`).
+
+        Generation runs in a worker thread that feeds transformers' streamer; an error there ends the stream
+        and is raised here, so a failed generation never leaves the reader waiting."""
+        import threading
+
+        import torch
+        from transformers import TextIteratorStreamer
+
+        s = request.sampling
+        inputs = self.tokenizer(self.prompt_text(request), return_tensors="pt", add_special_tokens=False).to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = ({"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
+                    if s.temperature > 0 else {"do_sample": False})
+        failure: list[BaseException] = []
+
+        def generate():
+            try:
+                torch.manual_seed(s.seed)
+                with torch.no_grad():
+                    self.model.generate(**inputs, streamer=streamer, max_new_tokens=s.max_new_tokens,
+                                        stop_strings=list(s.stop) or None, tokenizer=self.tokenizer,
+                                        eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                                        **sampling)
+            except BaseException as err:  # handed to the reader below
+                failure.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        if failure:
+            raise failure[0]
+
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         """Sum of log-probabilities of each continuation given its context, and whether it is the greedy one."""
         import torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -34,8 +33,9 @@ def chat_command(
     device: str = options.DeviceOption,
 ) -> None:
     """Chat with a checkpoint: type a message, read the streamed answer; /exit (or end of input) quits."""
-    from model.generation import LocalEngine
+    from model.generation import LocalEngine, Sampling
 
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)  # checks the values first
     tool_specs = load_tools(tools)
     engine = LocalEngine(checkpoint, device=device)
     if not engine.tokenizer.chat_template:
@@ -60,7 +60,7 @@ def chat_command(
             messages.append({"role": "user", "content": line.rstrip("\n")})
         else:
             continue
-        reply = stream_reply(engine, messages, tool_specs, max_new_tokens, temperature, seed)
+        reply = stream_reply(engine, messages, tool_specs, sampling)
         messages.append(assistant_turn(reply))
 
 
@@ -86,32 +86,15 @@ def read_line(interactive: bool) -> Optional[str]:
     return line or None
 
 
-def stream_reply(engine, messages, tools, max_new_tokens: int, temperature: float, seed: int) -> str:
-    """Generate the assistant's answer, writing each piece to stdout as soon as it is decoded.
-
-    The prompt is the engine's rendering (model/generation.py); the tokens are streamed with transformers'
-    streamer, which the batched engine does not offer."""
-    import torch
-    from transformers import TextIteratorStreamer
-
+def stream_reply(engine, messages, tools, sampling) -> str:
+    """Generate the assistant's answer, writing each piece to stdout as soon as it is decoded."""
     from model.generation import Request
 
-    model, tokenizer = engine.model, engine.tokenizer
-    prompt = engine.prompt_text(Request(messages=messages, tools=tools))
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    torch.manual_seed(seed)
-    worker = threading.Thread(target=model.generate, kwargs={
-        **inputs, "streamer": streamer, "max_new_tokens": max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id, **sampling})
-    worker.start()
     pieces = []
-    for piece in streamer:
+    for piece in engine.stream(Request(messages=messages, tools=tools, sampling=sampling)):
         pieces.append(piece)
         sys.stdout.write(piece)
         sys.stdout.flush()
-    worker.join()
     sys.stdout.write("\n")
     reply = "".join(pieces)
     for call in TOOL_CALL.findall(reply):

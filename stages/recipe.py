@@ -70,6 +70,34 @@ def rl_table(recipe: Recipe) -> Table:
     return table
 
 
+@app.command("keys")
+def keys() -> None:
+    """Every table a recipe may hold, each key with its default and what it means (on stderr)."""
+    import dataclasses
+
+    from rich.markup import escape
+
+    from granite_cli.recipe import TABLES
+
+    for header, cls in TABLES.items():
+        table = Table(title=escape(f"{header}: {cls.__doc__.split(': ', 1)[-1]}"), title_justify="left")
+        for column in ("key", "default", "meaning"):
+            table.add_column(column)
+        for field in dataclasses.fields(cls):
+            if "help" not in field.metadata:
+                continue  # the source's name is its table's name
+            if field.metadata.get("required"):
+                default = "required"
+            elif field.metadata["parse"] is None:
+                default = "its own table"
+            elif field.default_factory is not dataclasses.MISSING:
+                default = repr(field.default_factory())
+            else:
+                default = repr(field.default)
+            table.add_row(field.name, default, field.metadata["help"])
+        console.print(table)
+
+
 @app.command("check")
 def check(
     recipe: str = typer.Argument(..., help="Recipe name or TOML file to validate."),

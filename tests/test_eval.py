@@ -189,3 +189,19 @@ def test_evalplus_tasks_run_from_the_cli(checkpoint, tmp_path):
     tasks = json.loads((tmp_path / "out" / "results.json").read_text())["tasks"]
     assert tasks["humaneval_plus"]["n"] == 2 and tasks["mbpp_plus"]["n"] == 1
     assert tasks["humaneval_plus"]["main_metric"] == "pass@1"
+
+
+@pytest.mark.parametrize("task, keep", [("gsm8k", lambda item: True),
+                                        ("mmlu", lambda item: item["subject"] == "elementary_mathematics"),
+                                        ("mmlu_pro", lambda item: item["category"] == "math")])
+def test_few_shot_prompts_are_lm_evaluation_harness_prompts_text_for_text(task, keep):
+    """The stored prompts were built by lm-eval itself from the same fixture files (see the file's _made_by)."""
+    from stages.eval import FewShot
+    from stages.eval.prompting import render
+    from stages.eval.tasks import get_task
+
+    theirs = json.loads((FIXTURES / "lm_eval_prompts.json").read_text())[task]
+    spec = get_task(task)
+    items = [item for item in spec.data.load(FIXTURES) if keep(item)]
+    shots = FewShot(spec, FIXTURES, None)  # called on the items in order, as lm-eval draws them
+    assert [render(spec, item, shots(item), chat=False).prompt for item in items] == theirs

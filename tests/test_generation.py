@@ -45,3 +45,15 @@ def test_a_stop_string_ends_the_text_and_its_tokens(checkpoint):
     assert free.text.startswith(stopped.text) and "lolo" not in stopped.text
     assert engine.tokenizer.decode(stopped.token_ids, skip_special_tokens=True) == stopped.text
     assert len(stopped.logprobs) == len(stopped.token_ids) == len(stopped.tokens)
+
+
+def test_streamed_pieces_make_the_greedy_text_and_an_error_ends_the_stream(checkpoint):
+    import pytest
+
+    engine = LocalEngine(str(checkpoint), device="cpu")
+    request = Request(prompt="Hello", sampling=Sampling(max_new_tokens=10))
+    [[whole]] = engine.generate([request])
+    assert "".join(engine.stream(request)) == whole.text
+    engine.model.generate = lambda **kw: (_ for _ in ()).throw(RuntimeError("the model broke"))
+    with pytest.raises(RuntimeError, match="the model broke"):
+        list(engine.stream(request))  # raised to the reader, not a hang

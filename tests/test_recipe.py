@@ -103,3 +103,10 @@ def test_show_and_check_agree_on_a_stage_without_rope_theta(tmp_path):
     assert granite("recipe", "check", recipe, "--structure-only").returncode == 0
     shown = granite("recipe", "show", recipe)
     assert shown.returncode == 0 and "rope_theta by extend-context's rule" in shown.stderr.decode()
+
+
+def test_keys_documents_every_table():
+    err = granite("recipe", "keys").stderr.decode()
+    for header in ("[model]", "[[phases.stages]]", "[phases.merge]", "[sft]", "[filter]", "[rl]", "[[rl.stages]]"):
+        assert header in err
+    assert "epsilon_high" in err and "rope_theta" in err and "batch_sequences" in err

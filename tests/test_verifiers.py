@@ -101,8 +101,10 @@ def test_the_registry_checks_code_ifeval_and_function_calls():
     responses = ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b):\n    return a - b",
                  "all lowercase here.", "Not Lowercase.",
                  '<tool_call>{"name": "area", "arguments": {"r": 2}}</tool_call>', '<tool_call>{"name": "area", "arguments": {"r": 3}}</tool_call>']
-    verdicts = verify_batch(responses, [code, code, ifeval, ifeval, bfcl, bfcl])
-    assert [v.score for v in verdicts] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    math = {"type": "math", "answer": "1/2"}
+    responses += ["It is $0.5$.", "It is $2$."]  # math-verify in worker threads too
+    verdicts = verify_batch(responses, [code, code, ifeval, ifeval, bfcl, bfcl, math, math])
+    assert [v.score for v in verdicts] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
 
 
 def test_reward_model_verdicts_come_from_the_installed_scorer_and_never_default():
@@ -116,3 +118,27 @@ def test_reward_model_verdicts_come_from_the_installed_scorer_and_never_default(
         assert verify("Hello.", {"type": "reward_model"}).score == 0.75
     finally:
         set_reward_model(None)
+
+
+@pytest.mark.parametrize("response, answer, score", [
+    ("So the probability is $\\frac{1}{2}$.", "1/2", 1.0),
+    ("The answer is 0.5", "\\frac{1}{2}", 1.0),
+    ("We get \\boxed{\\frac{2}{4}}", "0.5", 1.0),
+    ("so $x = \\sqrt{2}$", "2^{1/2}", 1.0),
+    ("The answer is 3", "1/2", 0.0),
+    ("I cannot say.", "7", 0.0),
+])
+def test_math_answers_are_compared_as_mathematics(response, answer, score):
+    assert verify(response, {"type": "math", "answer": answer}).score == score
+
+
+@pytest.mark.parametrize("response, score", [
+    ("Let's think. 2 + 2 = 4, so the answer is (C).", 1.0),
+    ("Answer: C", 1.0),
+    ("C", 1.0),
+    ("The answer is (B). No wait, the answer is C.", 1.0),
+    ("The answer is (D).", 0.0),
+    ("Cats are nice.", 0.0),
+])
+def test_multiple_choice_reads_the_last_stated_letter(response, score):
+    assert verify(response, {"type": "multiple_choice", "answer": "C"}).score == score

@@ -4,8 +4,8 @@
     verify_batch(responses, verifiers, workers=4)        -> [Verdict, ...] in order
 
 Every checker has the signature (response text, verifier record) -> Verdict with a score in [0, 1].
-Kinds: numeric, exact, constraints (the bundled instruction tasks), json_schema, sql, identity and
-abstain (granite_cli/verify/answers.py); ifeval (IFEval's 25 instruction types, ifeval.py); bfcl
+Kinds: numeric, math (math-verify's equivalence), exact, multiple_choice, constraints (the bundled
+instruction tasks), json_schema, sql, identity and abstain (granite_cli/verify/answers.py); ifeval (IFEval's 25 instruction types, ifeval.py); bfcl
 (function-call AST match, bfcl.py); code (a program's tests in the sandbox, code.py); reward_model,
 a hook that a stage fills with `set_reward_model(score_fn)` (rl's chat domain) — without one it is
 an error, never a silent zero.

@@ -159,7 +159,43 @@ def abstain(response: str, verifier: dict) -> Verdict:
     return Verdict(float(ok), "says it cannot know" if ok else "answers what it cannot know")
 
 
+def math(response: str, verifier: dict) -> Verdict:
+    """Mathematical equivalence of the stated answer and the reference (math-verify: LaTeX, fractions, sets,
+    intervals, 0.5 = 1/2 = \\frac{2}{4}). math-verify times itself out with signal.alarm, which only works in the
+    main thread: in a worker thread (verify_batch) it runs without that limit."""
+    import threading
+
+    from math_verify import parse, verify as equivalent
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold = parse(_as_math(str(verifier["answer"])), parsing_timeout=timeout)
+    found = parse(response, parsing_timeout=timeout)
+    if not found:
+        return Verdict(0.0, "no mathematical answer in the response")
+    ok = equivalent(gold, found, timeout_seconds=timeout)
+    return Verdict(float(ok), "equivalent" if ok else f"{found[-1]} is not {verifier['answer']}", str(found[-1]))
+
+
+def _as_math(answer: str) -> str:
+    """A bare reference answer ("1/2") in the $...$ math-verify reads without guessing."""
+    return answer if "$" in answer or "\\" in answer else f"${answer}$"
+
+
+_CHOICE = re.compile(r"answer is:?\s*\(?([A-J])\)?(?![a-z])|answer:\s*\(?([A-J])\)?(?![a-z])", re.IGNORECASE)
+
+
+def multiple_choice(response: str, verifier: dict) -> Verdict:
+    """The letter after the last "the answer is" or "Answer:" (a response that is one letter is that letter)."""
+    found = [a or b for a, b in _CHOICE.findall(response)]
+    alone = response.strip().strip("().").upper()
+    letter = found[-1].upper() if found else (alone if len(alone) == 1 and alone in "ABCDEFGHIJ" else None)
+    if letter is None:
+        return Verdict(0.0, "no answer letter in the response")
+    ok = letter == str(verifier["answer"]).upper()
+    return Verdict(float(ok), "match" if ok else f"{letter} != {verifier['answer']}", letter)
+
+
 CHECKERS: dict[str, Callable[[str, dict], Verdict]] = {
-    "numeric": numeric, "exact": exact, "constraints": constraints, "json_schema": json_schema, "sql": sql,
-    "identity": identity, "abstain": abstain,
+    "numeric": numeric, "math": math, "exact": exact, "multiple_choice": multiple_choice, "constraints": constraints,
+    "json_schema": json_schema, "sql": sql, "identity": identity, "abstain": abstain,
 }

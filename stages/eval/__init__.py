@@ -3,11 +3,14 @@
     granite eval CKPT --tasks heldout,humaneval,ruler [-o OUTDIR] [--compare granite-4.1-8b]
     granite eval table [EVALDIR ...]
 
-1. backend: a local model directory (batched KV-cached generation, log-likelihoods) or an endpoint;
-2. per task (stages/eval/tasks.py): load items, render prompts (chat template on or off, few-shot as
-   text or as turns), generate or score choices, extract and score each item;
-3. write results.json (per task: metrics, n, settings) and samples.jsonl (every prompt, output and
-   score) atomically, and print a table on stderr — with IBM's numbers beside ours on --compare.
+1. model: the generation engine (model/generation.py) over a local model directory (batched
+   KV-cached generation, log-likelihoods) or an OpenAI-compatible endpoint; chat prompts when the
+   checkpoint's lineage went through sft or rl, plain text for base models;
+2. per task (the registry in stages/eval/tasks.py): load items, draw few-shot examples as
+   lm-evaluation-harness does, render prompts (stages/eval/prompting.py), generate or score
+   choices, extract and score each item;
+3. write results.json and samples.jsonl (stages/eval/results.py) atomically, and print a table on
+   stderr — with IBM's numbers beside ours on --compare.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from stages.eval.judged import add_interval
 from stages.eval.prompting import generate_texts, render
 from stages.eval.published import MODELS
 from stages.eval.results import read_results, results_table, sample_row, shown, stages_table, summarize, write_results
-from stages.eval.tasks import TaskSpec, get_task, ruler_items
+from stages.eval.tasks import TaskSpec, get_task
+
+LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default fewshot_random_seed
 
 app = typer.Typer(cls=options.DefaultCommandGroup, help="Evaluate a checkpoint (default) or print a table of evaluations (`table`).\n\n"
                                                      "`granite eval CKPT ...` is `granite eval run CKPT ...`.")
@@ -58,6 +63,8 @@ def eval_command(
     recipe: Optional[str] = options.RecipeOption,
     run_dir: Optional[str] = options.RunDirOption,
     seed: int = options.SeedOption,
+    fewshot_seed: int = typer.Option(LM_EVAL_FEWSHOT_SEED, "--fewshot-seed", help="Seed of the few-shot draw for tasks that "
+                                     "sample their shots (gsm8k). Default: lm-evaluation-harness's, so prompts agree with it."),
     device: str = options.DeviceOption,
 ) -> None:
     """Evaluate a model on benchmark tasks; writes results.json and samples.jsonl."""
@@ -67,19 +74,21 @@ def eval_command(
         raise BadInput(f"--compare takes one of {', '.join(MODELS)}")
     if chat_template not in ("auto", "on", "off"):
         raise BadInput("--chat-template must be on, off or auto")
-    specs = [get_task(name.strip()) for name in tasks.split(",") if name.strip()]
+    lengths, depths = parse_grid(ruler_lengths, int, "--ruler-lengths"), parse_grid(ruler_depths, float, "--ruler-depths")
+    specs = [get_task(name.strip(), lengths, depths, seed) for name in tasks.split(",") if name.strip()]
     backend = make_backend(checkpoint, endpoint, model_name, batch_size, device)
     grader = make_judge(specs, judge, judge_model, judge_concurrency, device)
     label = stage or default_stage(checkpoint)
     tuned = chat_tuned(checkpoint, endpoint)
     out = Path(output) if output else load_recipe(recipe, run_dir).paths.eval_dir(Path(checkpoint).name if checkpoint else "endpoint")
-    settings = {"limit": limit, "batch_size": batch_size, "seed": seed, "samples": samples, "data_dir": data_dir}
+    settings = {"limit": limit, "batch_size": batch_size, "seed": seed, "fewshot_seed": fewshot_seed, "samples": samples,
+                "data_dir": data_dir}
     results, all_samples = {}, []
     for spec in specs:
         started = time.perf_counter()
         chat = use_chat(chat_template, tuned)
-        items = load_items(spec, Path(data_dir), limit, ruler_lengths, ruler_depths, seed)
-        shots = FewShot(spec, Path(data_dir), num_fewshot, seed)
+        items = load_items(spec, Path(data_dir), limit)
+        shots = FewShot(spec, Path(data_dir), num_fewshot, fewshot_seed)
         if max_new_tokens:
             spec = dataclasses.replace(spec, max_new_tokens=max_new_tokens)
         if spec.run:  # judged tasks: their own generation and grading, and an interval on the main metric
@@ -160,10 +169,15 @@ def use_chat(mode: str, tuned: bool) -> bool:
 
 
 # ------------------------------------------------------------------ items and prompts
-def load_items(spec: TaskSpec, data_dir: Path, limit, lengths: str, depths: str, seed: int) -> list[dict]:
-    if spec.name == "ruler":
-        items = ruler_items([int(x) for x in lengths.split(",")], [float(x) for x in depths.split(",")], 2, seed)
-    elif spec.loader:
+def parse_grid(text: str, kind, flag: str) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise BadInput(f"{flag} takes comma-separated numbers, not {text!r}") from err
+
+
+def load_items(spec: TaskSpec, data_dir: Path, limit) -> list[dict]:
+    if spec.loader:
         items = spec.loader(data_dir)
     else:
         items = spec.data.load(data_dir)
@@ -173,22 +187,28 @@ def load_items(spec: TaskSpec, data_dir: Path, limit, lengths: str, depths: str,
 
 
 class FewShot:
-    """The few-shot examples of each item: a seeded sample of the few-shot split, from the item's own
-    subject when the task says so (MMLU's subjects, MMLU-Pro's categories)."""
+    """The few-shot examples of each item, drawn as lm-evaluation-harness draws them, so prompts agree text for text:
+    `first_n` takes the first examples of the pool in order (MMLU's and MMLU-Pro's dev shots of the item's subject);
+    `random` draws from one generator seeded once and called item after item in order (lm-eval's default sampler).
+    Call it on the items in their order: the shots of item i depend on the draws before it, as in lm-eval."""
 
-    def __init__(self, spec: TaskSpec, data_dir: Path, override: Optional[int], seed: int):
-        self.spec, self.seed = spec, seed
+    def __init__(self, spec: TaskSpec, data_dir: Path, override: Optional[int], seed: int = LM_EVAL_FEWSHOT_SEED):
+        self.spec = spec
+        self.rng = random.Random(seed)
         self.count = spec.num_fewshot if override is None else override
         if self.count and spec.fewshot_data is None:
             raise BadInput(f"task {spec.name} has no few-shot source")
-        self.pool = spec.fewshot_data.load(data_dir) if self.count else []
+        pool = spec.fewshot_data.load(data_dir) if self.count else []
+        self.pool = [shot for shot in pool if spec.fewshot_filter(shot)] if spec.fewshot_filter else pool
 
     def __call__(self, item: dict) -> list[dict]:
         pool = self.pool
         if self.spec.fewshot_by:
             key = self.spec.fewshot_by(item)
             pool = [shot for shot in pool if self.spec.fewshot_by(shot) == key] or self.pool
-        return random.Random(self.seed).sample(pool, min(self.count, len(pool)))
+        if self.spec.fewshot_sampler == "first_n":
+            return pool[:self.count]
+        return self.rng.sample(pool, min(self.count, len(pool)))
 
 
 # ------------------------------------------------------------------ running and scoring

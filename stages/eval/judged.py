@@ -1,5 +1,6 @@
 """Tasks an LLM judge grades: MT-Bench (single answers rated 1-10) and pairwise win rates against stored
-baseline answers (ArenaHard and AlpacaEval 2.0 data), through the judge backends `granite filter` uses.
+baseline answers (ArenaHard and AlpacaEval 2.0 data). The judge is any generation engine
+(model/generation.py): an OpenAI-compatible endpoint or a local checkpoint, as for `granite filter`.
 
 MT-Bench follows FastChat's llm_judge: two turns per question (the second sees the first answer),
 each rated with FastChat's judge prompts (`single-v1`, or `single-math-v1` with the reference answer

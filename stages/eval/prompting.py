@@ -19,22 +19,24 @@ def plain_instruction(messages: list[dict], tools: Optional[list[dict]] = None) 
 
 
 def render(spec, item: dict, shots: list[dict], chat: bool) -> Request:
-    """One item's request: chat messages (few-shot examples as earlier turns), or plain text (few-shot as text blocks)."""
+    """One item's request: chat messages (few-shot examples as earlier turns), or plain text as lm-evaluation-harness
+    builds it: the preamble, then each shot as question + target delimiter + target, "\n\n" between shots and before
+    the question (the targets as they are, unstripped)."""
     if spec.messages is not None:
         tools = spec.tools(item) if spec.tools else item.get("tools")
         if chat:
             return Request(messages=spec.messages(item), tools=tools, documents=item.get("documents"))
         return Request(prompt=plain_instruction(spec.messages(item), tools))
     question = spec.template.format(question=spec.question(item))
+    preamble = spec.preamble(item) if spec.preamble else ""
     if chat:
-        turns = []
+        turns = [{"role": "system", "content": preamble.strip()}] if preamble else []
         for shot in shots:
             turns += [{"role": "user", "content": spec.template.format(question=spec.question(shot))},
                       {"role": "assistant", "content": spec.target(shot).strip()}]
         return Request(messages=turns + [{"role": "user", "content": spec.chat_instruction + question}])
-    blocks = [spec.template.format(question=spec.question(shot)) + spec.target_delimiter + spec.target(shot).strip()
-              for shot in shots]
-    return Request(prompt="\n\n".join(blocks + [question]))
+    blocks = [spec.template.format(question=spec.question(shot)) + spec.target_delimiter + spec.target(shot) for shot in shots]
+    return Request(prompt=preamble + "\n\n".join(blocks + [question]))
 
 
 def chat_request(messages: list[dict], chat: bool) -> Request:

@@ -1,4 +1,4 @@
-"""IBM's published results for the Granite 4.1 instruct models (RECIPE.md), for `--compare`."""
+"""IBM's published results for the Granite 4.1 instruct models (docs/recipe.md), for `--compare`."""
 
 PUBLISHED = {
     # task: (benchmark as IBM reports it, {size: score})

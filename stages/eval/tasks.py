@@ -65,7 +65,10 @@ class TaskSpec:
     target: Callable[[dict], str] = lambda item: item["answer"]
     template: str = "{question}"  # how a question is shown (plain text mode)
     target_delimiter: str = " "  # between a few-shot question and its answer
+    preamble: Optional[Callable[[dict], str]] = None  # text before the few-shot examples (lm-eval's `description`)
+    fewshot_sampler: str = "random"  # lm-eval's samplers: "random" (its default) or "first_n" (MMLU's canonical shots)
     fewshot_by: Optional[Callable[[dict], str]] = None  # few-shot examples share this key with the item (subject)
+    fewshot_filter: Optional[Callable[[dict], bool]] = None  # only these examples of the few-shot split are shots
     chat_instruction: str = ""  # put before the question when the chat template is on
     inline_shots: int = 0  # worked examples already inside each question (BBH's chain-of-thought prompts)
     stop: tuple[str, ...] = ()
@@ -161,12 +164,18 @@ MMLU_PRO_FALLBACK = re.compile(r"[aA]nswer:\s*\(?([A-J])\)?")
 
 
 def mmlu_pro_question(item: dict) -> str:
-    options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(item["options"]))
-    return f"Question: {item['question'].strip()}\nOptions:\n{options}"
+    """lm-eval's format_cot_example: the question as it is, then each option stripped on its own line."""
+    options = "".join(f"{LETTERS[i]}. {option.strip()}\n" for i, option in enumerate(item["options"][:len(LETTERS)]))
+    return f"Question:\n{item['question']}\nOptions:\n{options}"
 
 
 def mmlu_pro_target(item: dict) -> str:
-    return item["cot_content"].removeprefix("A: ").removeprefix("Let's think step by step.").strip()
+    return item["cot_content"].replace("A: Let's think step by step. ", "")
+
+
+def mmlu_pro_preamble(item: dict) -> str:
+    return (f"The following are multiple choice questions (with answers) about {item['category']}. Think step by step and "
+            f"then finish your answer with \"the answer is (X)\" where X is the correct letter choice.\n")
 
 
 def mmlu_pro_score(item: dict, output: str) -> dict:
@@ -177,6 +186,10 @@ def mmlu_pro_score(item: dict, output: str) -> dict:
 
 # ------------------------------------------------------------------ MMLU (log-likelihood multiple choice)
 LETTERS = "ABCDEFGHIJ"
+
+
+def mmlu_preamble(item: dict) -> str:
+    return f"The following are multiple choice questions (with answers) about {item['subject'].replace('_', ' ')}.\n\n"
 
 
 def mmlu_question(item: dict) -> str:
@@ -289,7 +302,8 @@ TASKS: dict[str, TaskSpec] = {
         name="mmlu", description="MMLU, 5-shot log-likelihood multiple choice (for base models)", kind="choice",
         data=DataSource("mmlu/test.jsonl", ("cais/mmlu", "all", "test")),
         fewshot_data=DataSource("mmlu/dev.jsonl", ("cais/mmlu", "all", "dev")), num_fewshot=5,
-        question=mmlu_question, target=lambda item: " " + LETTERS[item["answer"]], fewshot_by=lambda item: item["subject"],
+        question=mmlu_question, target=lambda item: LETTERS[item["answer"]], fewshot_by=lambda item: item["subject"],
+        preamble=mmlu_preamble, fewshot_sampler="first_n",
         template="{question}", choices=lambda item: ([" " + LETTERS[i] for i in range(len(item["choices"]))], item["answer"]),
         subtask=lambda item: item.get("subject", "all")),
     "humaneval": TaskSpec(
@@ -316,14 +330,15 @@ TASKS: dict[str, TaskSpec] = {
         data=DataSource("mbpp/test.jsonl", ("google-research-datasets/mbpp", "full", "test")),
         fewshot_data=DataSource("mbpp/prompt.jsonl", ("google-research-datasets/mbpp", "full", "prompt")), num_fewshot=3,
         question=mbpp_question, target=lambda item: f"{item['code']}\n[DONE]", target_delimiter="", score=mbpp_score,
+        fewshot_sampler="first_n", fewshot_filter=lambda item: item["task_id"] in (2, 3, 4),  # lm-eval's fixed three
         chat_instruction="Answer with the code in a ```python block.\n\n", stop=("[DONE]",), max_new_tokens=384,
         item_id=lambda item, i: str(item["task_id"])),
     "mmlu_pro": TaskSpec(
         name="mmlu_pro", description="MMLU-Pro, 5-shot chain of thought, answer letter after 'the answer is'",
         kind="generate", data=DataSource("mmlu_pro/test.jsonl", ("TIGER-Lab/MMLU-Pro", None, "test")),
         fewshot_data=DataSource("mmlu_pro/validation.jsonl", ("TIGER-Lab/MMLU-Pro", None, "validation")), num_fewshot=5,
-        question=mmlu_pro_question, target=mmlu_pro_target, template="{question}\nAnswer: Let's think step by step.",
-        fewshot_by=lambda item: item["category"], stop=("Question:",), max_new_tokens=512, score=mmlu_pro_score,
+        question=mmlu_pro_question, target=mmlu_pro_target, template="{question}Answer: Let's think step by step.",
+        fewshot_by=lambda item: item["category"], preamble=mmlu_pro_preamble, fewshot_sampler="first_n", stop=("Question:",), max_new_tokens=512, score=mmlu_pro_score,
         chat_instruction="Think step by step, then finish with \"the answer is (X)\" where X is the letter.\n\n",
         subtask=lambda item: item["category"], item_id=lambda item, i: str(item["question_id"])),
     "heldout": local_task("{examples}/data/eval/heldout.jsonl.zst", "heldout"),
@@ -357,17 +372,28 @@ TASKS: dict[str, TaskSpec] = {
         name="alpacaeval", description="AlpacaEval 2.0 instructions: pairwise win rate against the stored baseline outputs",
         kind="judged", data=DataSource("alpaca_eval"), loader=judged.alpacaeval_load, run=judged.run_pairwise,
         max_new_tokens=1024, subtask=lambda item: item["category"]),
-    "ruler": TaskSpec(
-        name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
-        data=DataSource(""), template="{question}", max_new_tokens=12, score=ruler_score,
-        subtask=lambda item: f"len {item['length']} depth {item['depth']:g}"),
 }
 
 
-def get_task(name: str) -> TaskSpec:
+def ruler_task(lengths: list[int], depths: list[float], seed: int) -> TaskSpec:
+    """The passkey task over a grid of context lengths and needle depths (generated, two items a cell)."""
+    return TaskSpec(
+        name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
+        data=DataSource(""), loader=lambda data_dir: ruler_items(lengths, depths, 2, seed), template="{question}",
+        max_new_tokens=12, score=ruler_score, subtask=lambda item: f"len {item['length']} depth {item['depth']:g}")
+
+
+TASK_NAMES = [*TASKS, "ruler"]
+
+
+def get_task(name: str, ruler_lengths: tuple[int, ...] = (256, 512, 1024), ruler_depths: tuple[float, ...] = (0, 0.5, 1),
+             seed: int = 0) -> TaskSpec:
+    """A task by name; `ruler` is built for the lengths and depths asked, `local:PATH` from a file of chat prompts."""
     if name.startswith("local:"):
         path = name[len("local:"):]
         return local_task(str(Path(path).resolve()), Path(path).name.split(".")[0])
+    if name == "ruler":
+        return ruler_task(list(ruler_lengths), list(ruler_depths), seed)
     if name not in TASKS:
-        raise BadInput(f"unknown task {name!r}: choose from {', '.join(TASKS)}, or local:PATH.jsonl")
+        raise BadInput(f"unknown task {name!r}: choose from {', '.join(TASK_NAMES)}, or local:PATH.jsonl")
     return TASKS[name]
