@@ -91,14 +91,13 @@ class EndpointEngine:
         try:
             answer = post_json(self.url + ("/chat/completions" if chat else "/completions"), body, self.headers,
                                self.timeout, self.retries, self.backoff)
-            choices = answer["choices"]
-            completions = [_chat_completion(c, s.stop) if chat else _text_completion(c, s.stop) for c in choices]
         except GraniteError as err:
             return [Completion("", finish_reason="error", error=str(err))] * s.n
-        except (KeyError, IndexError, TypeError) as err:
-            problem = f"{self.url}: the answer has no choices with text ({str(locals().get('answer'))[:200]})"
+        try:
+            return [_chat_completion(c, s.stop) if chat else _text_completion(c, s.stop) for c in answer["choices"]]
+        except (KeyError, IndexError, TypeError):
+            problem = f"{self.url}: the answer has no choices with text ({str(answer)[:200]})"
             return [Completion("", finish_reason="error", error=problem)] * s.n
-        return completions
 
 
 def _chat_completion(choice: dict, stop) -> Completion:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import shutil
 import sys
@@ -32,7 +31,7 @@ from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import format_count, load_recipe, parse_count
-from granite_cli.data.atomic import atomic_directory, partial_directory, publish
+from granite_cli.data.atomic import atomic_directory, atomic_path, partial_directory, publish
 from granite_cli.data.records import STDIO, ErrorPolicy, input_paths, read_records
 from granite_cli.data.sources import read_unit, source_units
 
@@ -222,9 +221,8 @@ def _resume_state(partial: Path, identity: dict) -> dict:
 
 
 def _save_state(partial: Path, state: dict) -> None:
-    tmp = partial / f".{PROGRESS_FILE}.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, partial / PROGRESS_FILE)
+    with atomic_path(partial / PROGRESS_FILE) as tmp:
+        tmp.write_text(json.dumps(state))
 
 
 def _skip_consumed(documents: Iterator[dict], state: dict, digest) -> Iterator[dict]:

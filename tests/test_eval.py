@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, granite
 from fake_openai import FakeOpenAI
-from stages.eval import pass_at_k
+from stages.eval.runner import pass_at_k
 from stages.eval.tasks import bbh_score, code_score, deepmind_math_score, extract_completion, gsm8k_score, mbpp_score, mmlu_pro_score
 
 HUMANEVAL = REPO / "runs" / "eval-data" / "humaneval" / "HumanEval.jsonl.gz"
@@ -196,7 +196,7 @@ def test_evalplus_tasks_run_from_the_cli(checkpoint, tmp_path):
                                         ("mmlu_pro", lambda item: item["category"] == "math")])
 def test_few_shot_prompts_are_lm_evaluation_harness_prompts_text_for_text(task, keep):
     """The stored prompts were built by lm-eval itself from the same fixture files (see the file's _made_by)."""
-    from stages.eval import FewShot
+    from stages.eval.runner import FewShot
     from stages.eval.prompting import render
     from stages.eval.tasks import get_task
 

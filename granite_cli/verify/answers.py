@@ -13,7 +13,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Callable
 
-from granite_cli.errors import BadInput
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 _ANSWER_IS = re.compile(r"answer is:?\s*(.+?)(?:\.\s|\.?$)", re.IGNORECASE | re.MULTILINE)

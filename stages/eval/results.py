@@ -8,13 +8,16 @@ import sys
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from rich.table import Table
 
 from granite_cli.data.atomic import atomic_path
 from granite_cli.errors import BadInput
 from stages.eval.published import MODELS, PUBLISHED
+
+if TYPE_CHECKING:  # tasks imports this module (through judged): only the annotation needs it
+    from stages.eval.tasks import TaskSpec
 
 MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte", "judged": "win_rate"}
 NOT_PERCENT = {"bits_per_byte", "rating"}  # shown as is; every other metric is a rate shown in percent
