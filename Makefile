@@ -71,6 +71,7 @@ bench: install
 	$(PY) benchmarks/bench_eval_agreement.py
 	$(PY) benchmarks/bench_filter.py
 	$(PY) benchmarks/bench_sft.py
+	$(PY) benchmarks/bench_sandbox.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -32,7 +32,7 @@ def test_humaneval_canonical_solutions_all_pass():
 @pytest.mark.parametrize("completion, status", [
     ("    return None\n", "failed"),  # wrong answer
     ("    while True:\n        pass\n", "timeout"),  # loops forever
-    ("    import os\n    while True:\n        os.fork()\n", "timeout"),  # fork bomb, killed with its group
+    ("    import os\n    while True:\n        os.fork()\n", "failed"),  # fork bomb: fork fails at the sandbox's process limit
     ("    return x +\n", "failed"),  # syntax error
 ])
 def test_wrong_code_scores_zero(completion, status):

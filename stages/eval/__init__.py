@@ -54,6 +54,8 @@ def eval_command(
     judge: Optional[str] = typer.Option(None, "--judge", help="For mt_bench, arenahard, alpacaeval: an OpenAI-compatible base URL or a local model directory."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name the --judge endpoint serves."),
     judge_concurrency: int = typer.Option(8, "--judge-concurrency", help="Requests in flight to an endpoint judge."),
+    allow_unsafe_code: bool = typer.Option(False, "--allow-unsafe-code", help="Run model-written code (humaneval, mbpp, "
+                                           "...) even where the sandbox (bubblewrap) cannot isolate it. Default: refuse."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Label for this evaluation in `granite eval table`. Default: the checkpoint's last lineage stage."),
     recipe: Optional[str] = options.RecipeOption,
     run_dir: Optional[str] = options.RunDirOption,
@@ -71,6 +73,10 @@ def eval_command(
         raise BadInput("--chat-template must be on, off or auto")
     lengths, depths = parse_grid(ruler_lengths, int, "--ruler-lengths"), parse_grid(ruler_depths, float, "--ruler-depths")
     specs = [get_task(name.strip(), lengths, depths, seed) for name in tasks.split(",") if name.strip()]
+    if any(spec.kind == "code" for spec in specs):
+        from granite_cli.verify.sandbox import require_isolation
+
+        require_isolation(allow_unsafe_code)
     backend = make_backend(checkpoint, endpoint, model_name, batch_size, device)
     grader = make_judge(specs, judge, judge_model, judge_concurrency, device)
     label = stage or default_stage(checkpoint)
