@@ -12,7 +12,7 @@ import sys
 import typer
 import typer.core
 
-from granite_cli.errors import GraniteError
+from granite_cli.errors import GraniteError, ReaderGone
 from stages import chat, info, mix, pretrain, recipe, sft, tokenize
 from stages import eval as eval_stage
 from stages import filter as filter_stage
@@ -66,7 +66,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:
+    except (BrokenPipeError, ReaderGone):
         _quiet_stdout()
         sys.exit(0)
     finally:

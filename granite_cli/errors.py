@@ -9,6 +9,12 @@ class GraniteError(Exception):
     exit_code = 1
 
 
+class ReaderGone(Exception):
+    """The reader of stdout left (`granite mix | head`): the documented end is a quiet exit 0.
+
+    Not an OSError: Click turns a broken pipe (EPIPE) that reaches it into exit status 1."""
+
+
 class BadInput(GraniteError):
     """Bad usage or bad input: exit status 2. Names the file and line where there is one."""
 

@@ -2,7 +2,7 @@
 
     RUN/tokenizer/                       tokenize train
     RUN/shards/heldout/, phase-N/        tokenize (mix --heldout, mix --phase N)
-    RUN/checkpoints/pretrain-phase-N/    pretrain --phase N
+    RUN/checkpoints/pretrain-phase-N/    pretrain --phase N (its step checkpoints beside it: pretrain-phase-N.steps/)
     RUN/checkpoints/extend-context/      extend-context (the merged result of its last stage)
     RUN/checkpoints/sft/                 sft
     RUN/filter/kept.jsonl.zst, audit.jsonl, judge-cache.sqlite    filter
@@ -67,8 +67,9 @@ class RunDir:
         """The last pre-training result: extend-context's, else the highest pretrain phase's (None if none is finished)."""
         from model.checkpoint import is_checkpoint
 
-        candidates = [self.checkpoint("extend-context")] + sorted(
-            (self.root / "checkpoints").glob("pretrain-phase-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+        phases = [p for p in (self.root / "checkpoints").glob("pretrain-phase-*") if p.name.rsplit("-", 1)[1].isdigit()]
+        candidates = [self.checkpoint("extend-context")] + sorted(phases, key=lambda p: int(p.name.rsplit("-", 1)[1]),
+                                                                  reverse=True)
         return next((c for c in candidates if is_checkpoint(c)), None)
 
 

@@ -61,6 +61,29 @@ def _generation_config(config):
                             pad_token_id=config.pad_token_id)
 
 
+def check_weights(directory: Path) -> None:
+    """The checkpoint's safetensors files are there and whole: each header parses and its tensors fit in the file.
+
+    Reads only the headers, so `granite info` says a copy was cut short before anything loads it."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise BadInput("no model weights (*.safetensors) in the checkpoint", str(directory))
+    for path in files:
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                header_size = int.from_bytes(f.read(8), "little")
+                if not 0 < header_size <= size - 8:
+                    raise ValueError("the header is cut short")
+                header = json.loads(f.read(header_size))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise BadInput(f"corrupt weights file ({err})", str(path)) from err
+        if 8 + header_size + end > size:
+            raise BadInput(f"truncated weights file: {size:,} bytes, its header needs {8 + header_size + end:,}", str(path))
+
+
 def load_model(directory: Path, dtype=None):
     """The model of a checkpoint (ours or any local HF causal LM directory)."""
     from transformers import AutoModelForCausalLM
@@ -69,8 +92,12 @@ def load_model(directory: Path, dtype=None):
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise BadInput("not a model checkpoint (no config.json)", str(directory))
+    check_weights(directory)
     logging.disable_progress_bar()  # our progress goes through rich; a second bar only clutters stderr
-    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as err:  # what transformers and safetensors raise for unreadable weights
+        raise BadInput(f"cannot load the model: {err}", str(directory)) from err
 
 
 def load_for_generation(directory: Path, device: str = "auto", dtype: str = "auto"):

@@ -21,6 +21,9 @@ def info_command(checkpoint: str = typer.Argument(..., help="Checkpoint director
     if not config_path.exists():
         raise BadInput("not a checkpoint directory (no config.json)", checkpoint)
     config = json.loads(config_path.read_text())
+    from model.checkpoint import check_weights
+
+    check_weights(directory)
     params = parameter_count(config)
     console.print(f"[bold]{checkpoint}[/]: {config.get('model_type')} ({', '.join(config.get('architectures') or [])}), "
                   f"{format_count(params)} parameters")

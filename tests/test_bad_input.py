@@ -6,7 +6,7 @@ import orjson
 import pytest
 import zstandard
 
-from conftest import granite
+from conftest import REPO, granite
 
 GOOD = orjson.dumps({"id": "a", "text": "hello world", "source": "web"}) + b"\n"
 
@@ -110,3 +110,74 @@ def test_writing_to_a_named_pipe_keeps_the_pipe(tmp_path):
         sink.write(b'{"id": "a"}\n')
     reader.join(timeout=10)
     assert received == [b'{"id": "a"}\n'] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_zstd_cut_at_a_block_boundary_is_truncated_not_complete(tokenizer_dir, tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    writer = zstandard.ZstdCompressor().stream_writer(buffer, closefd=False)
+    writer.write(GOOD * 1000)
+    writer.flush(zstandard.FLUSH_BLOCK)  # whole blocks so far: zstandard's own reader stops here without a word
+    cut = buffer.tell()
+    writer.write(GOOD * 1000)
+    writer.flush(zstandard.FLUSH_FRAME)
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(buffer.getvalue()[:cut])
+    for command in (["tokenize", path, "-t", tokenizer_dir, "-o", tmp_path / "out"], ["filter", path, "-o", tmp_path / "k.jsonl"]):
+        result = granite(*command)
+        assert result.returncode == 2 and "truncated" in result.stderr.decode(), result.stderr.decode()
+    assert not (tmp_path / "out").exists()
+    two_frames = tmp_path / "two.jsonl.zst"  # concatenated whole frames still read as one stream
+    two_frames.write_bytes(zstandard.ZstdCompressor().compress(GOOD * 3) + zstandard.ZstdCompressor().compress(GOOD * 2))
+    from granite_cli.data.records import read_records
+
+    assert len(list(read_records([str(two_frames)]))) == 5
+
+
+@pytest.mark.parametrize("stage", ["tokenize", "filter", "sft"])
+def test_a_directory_where_a_record_file_belongs_is_bad_input(stage, tokenizer_dir, checkpoint, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    extra = {"tokenize": ["-t", tokenizer_dir, "-o", tmp_path / "out"], "filter": ["-o", tmp_path / "out.jsonl"],
+             "sft": ["--init-from", checkpoint, "-o", tmp_path / "out", "--run-dir", tmp_path]}[stage]
+    result = granite(stage, folder, *extra)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "is a directory" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.jsonl").exists()
+
+
+def test_chat_with_no_room_to_answer_is_bad_usage_not_a_hang(checkpoint):
+    result = granite("chat", checkpoint, "--max-new-tokens", "0", input=b"hello\n")
+    assert result.returncode == 2 and "at least 1" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("flags, message", [(["--limit", "0"], "--limit must be at least 1"),
+                                            (["--limit", "-3"], "--limit must be at least 1"),
+                                            (["--tasks", ""], "--tasks names no task")])
+def test_eval_refuses_limits_and_task_lists_that_evaluate_nothing_or_everything(checkpoint, tmp_path, flags, message):
+    result = granite("eval", checkpoint, *flags, "-o", tmp_path / "out")
+    assert result.returncode == 2 and message in result.stderr.decode()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "garbage"])
+def test_damaged_weights_are_bad_input_for_every_command_that_loads_them(checkpoint, tmp_path, damage):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    weights = broken / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(b"\x00" * 64)
+    for command in (["info", broken], ["eval", broken, "--tasks", "heldout", "--limit", "1", "-o", tmp_path / "e"],
+                    ["chat", broken], ["sft", REPO / "examples/data/chat/sft.jsonl.zst", "--init-from", broken, "-o",
+                                       tmp_path / "s", "--run-dir", tmp_path, "--on-error", "skip"]):
+        result = granite(*command, input=b"hi\n")
+        err = result.stderr.decode()
+        assert result.returncode == 2 and "Traceback" not in err, (command, err)
+        assert any(m in err for m in ("weights file", "no model weights", "cannot load the model")), (command, err)

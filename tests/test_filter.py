@@ -130,10 +130,23 @@ def test_malformed_judge_answers_are_retried_then_recorded():
         assert sum("17 * 23" in json.dumps(b) for b in server.bodies) == 3
 
 
-def test_unreachable_judge_leaves_samples_unjudged(tmp_path):
+def test_a_judge_that_never_answers_fails_the_run_and_writes_nothing(tmp_path):
     with FakeOpenAI(lambda body, attempt: (500, None)) as server:
         url = server.url
-    audits, kept, stderr = run_filter(tmp_path, "--judge", url, "--judge-model", "judge", "--judge-retries", "0")
+    kept, audit = tmp_path / "kept.jsonl", tmp_path / "audit.jsonl"
+    result = granite("filter", LABELLED, "-o", kept, "--audit", audit, "--run-dir", tmp_path / "runs",
+                     "--judge", url, "--judge-model", "judge", "--judge-retries", "0")
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "no usable verdict" in err and "failed" in err and "Traceback" not in err
+    assert not kept.exists() and not audit.exists()  # a pipeline stops here instead of training on an empty file
+
+
+def test_a_judge_that_fails_some_calls_leaves_those_samples_unjudged(tmp_path):
+    def flaky(body, attempt):  # the good-plain sample's judge call always fails; every other gets an answer
+        return (500, None) if "Explain photosynthesis briefly" in json.dumps(body) else answer_json(4)
+
+    with FakeOpenAI(flaky) as server:
+        audits, kept, stderr = run_filter(tmp_path, "--judge", server.url, "--judge-model", "judge", "--judge-retries", "0")
     assert audits["good-plain"]["verdict"] == "unjudged" and "good-plain" not in kept
     assert audits["bad-arithmetic"]["verdict"] == "reject"  # rule verdicts still stand
     assert "unjudged" in stderr

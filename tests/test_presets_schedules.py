@@ -76,3 +76,13 @@ def test_percentage_warmup():
     schedule = build_schedule({"name": "constant", "warmup": "10%"}, 1.0, total=1000)
     assert schedule.lr(49, 1000) == pytest.approx(0.5, rel=0.02)
     assert math.isclose(schedule.lr(200, 1000), 1.0)
+
+
+def test_a_schedule_named_on_the_command_line_drops_the_recipes_constants_of_another():
+    from granite_cli.training.schedules import continue_schedule
+
+    recipe_table = {"name": "power", "warmup": "2%", "a": 4.0, "b": -0.51, "peak_lr": 0.02}
+    schedule, _ = continue_schedule(recipe_table, [], 1000, None, None, "constant")
+    assert schedule.lr(500, 1000) == 0.02  # constant at the recipe's peak, after the recipe's warmup
+    same, _ = continue_schedule(recipe_table, [], 1000, None, None, "power")
+    assert same.then.a == 4.0 and same.then.b == -0.51  # naming the recipe's own schedule keeps its constants

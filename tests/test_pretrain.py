@@ -153,3 +153,34 @@ def test_a_directory_of_job_array_parts_counts_as_all_of_them(run_dir, tmp_path)
         granite("tokenize", docs, "-t", run_dir / "tokenizer", "-o", parts / f"part-{index}", check=True)
     sets = open_shards([parts], load_tokenizer_checked(run_dir / "tokenizer")["sha256"])
     assert [s.directory.name for s in sets] == ["part-0", "part-1"]
+
+
+def test_step_checkpoints_stay_beside_the_final_one_and_an_interrupted_save_is_dropped(run_dir):
+    out = run_dir / "checkpoints" / "beside"
+    workdir = run_dir / "checkpoints" / ".beside.partial" / "checkpoints"
+    steps = ["--steps", "12", "--checkpoint-every", "4"]
+    kill_after_first_checkpoint(["pretrain", "--run-dir", run_dir, "-o", out, *steps, *FAST], workdir)
+    (workdir / ".step-0000008.tmp-12345").mkdir()  # what a kill in the middle of a save leaves
+    granite("pretrain", "--run-dir", run_dir, "-o", out, *steps, *FAST, "--resume", check=True)
+    assert not (out / "checkpoints").exists() and (out / "metrics.jsonl").exists()
+    kept = sorted(p.name for p in (run_dir / "checkpoints" / "beside.steps").iterdir())
+    assert kept == ["step-0000004", "step-0000008"]  # --keep-last 2; the interrupted save is gone
+
+
+def test_resume_refuses_a_finished_run_and_settings_other_than_the_runs(run_dir):
+    finished = run_dir / "checkpoints" / "finished"
+    steps = ["--steps", "8", "--checkpoint-every", "2"]
+    granite("pretrain", "--run-dir", run_dir, "-o", finished, *steps, *FAST, check=True)
+    before = weights(finished)
+    again = granite("pretrain", "--run-dir", run_dir, "-o", finished, *steps, *FAST, "--resume")
+    assert again.returncode == 2 and "nothing to resume" in again.stderr.decode()
+    after = weights(finished)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # not retrained, not replaced
+
+    cut = run_dir / "checkpoints" / "cut"
+    kill_after_first_checkpoint(["pretrain", "--run-dir", run_dir, "-o", cut, *steps, *FAST], run_dir / "checkpoints" / ".cut.partial" / "checkpoints")
+    for changed, named in ((["--seed", "7"], "seed 0 -> 7"), (["--lr", "0.5"], "schedule"), (["--steps", "9"], "steps 8 -> 9")):
+        flags = [*steps, *FAST, *changed] if changed[0] != "--steps" else ["--steps", "9", "--checkpoint-every", "2", *FAST]
+        result = granite("pretrain", "--run-dir", run_dir, "-o", cut, *flags, "--resume")
+        assert result.returncode == 2 and named in result.stderr.decode(), result.stderr.decode()
+    granite("pretrain", "--run-dir", run_dir, "-o", cut, *steps, *FAST, "--resume", check=True)  # the same flags go on

@@ -22,7 +22,7 @@ import zstandard
 
 from granite_cli.console import console
 from granite_cli.data.atomic import atomic_path
-from granite_cli.errors import BadInput
+from granite_cli.errors import BadInput, ReaderGone
 
 STDIO = "-"
 READ_CHUNK = 1 << 20
@@ -34,13 +34,58 @@ def open_binary(path: str) -> IO[bytes]:
         return sys.stdin.buffer
     if not os.path.exists(path):
         raise BadInput("no such file", path)
+    if os.path.isdir(path):
+        raise BadInput("is a directory; give the record files in it (JSONL, .jsonl.zst or .jsonl.gz)", path)
     raw = open(path, "rb")
     if path.endswith(".zst"):
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_CHUNK, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=READ_CHUNK)
+        return io.BufferedReader(ZstdFrames(raw), buffer_size=READ_CHUNK)
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     return raw
+
+
+class ZstdFrames(io.RawIOBase):
+    """Decompress a .zst stream frame by frame, and call a frame that the input ends inside truncated.
+
+    zstandard's stream reader returns what it has when the input stops at a block boundary inside a
+    frame, so a file cut there would read as complete (`zstd -t` calls it truncated); this reader
+    raises instead. Several concatenated frames (`cat a.zst b.zst`) read as one stream.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.frame = raw, None
+        self.pending, self.offset = memoryview(b""), 0  # decompressed bytes not yet handed out
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.offset == len(self.pending):
+            chunk = self.raw.read(READ_CHUNK)
+            if not chunk:
+                if self.frame is not None:
+                    raise EOFError("the input ends inside a zstd frame: the file is truncated")
+                return 0
+            self.pending, self.offset = memoryview(self._decompress(chunk)), 0
+        size = min(len(buffer), len(self.pending) - self.offset)
+        buffer[:size] = self.pending[self.offset:self.offset + size]
+        self.offset += size
+        return size
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            if self.frame is None:
+                self.frame = zstandard.ZstdDecompressor().decompressobj()
+            out.append(self.frame.decompress(chunk))
+            chunk = b""
+            if self.frame.eof:  # this frame is whole; what follows starts the next one
+                chunk, self.frame = self.frame.unused_data, None
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -131,8 +176,11 @@ def dumps(record: dict) -> bytes:
 def record_writer(path: str | None) -> Iterator[IO[bytes]]:
     """A binary sink for JSONL lines: stdout for None or '-', else an atomically written file."""
     if path in (None, STDIO):
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        try:
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        except BrokenPipeError as err:
+            raise ReaderGone() from err
         return
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as raw:
         if path.endswith(".zst"):

@@ -172,8 +172,9 @@ def continue_schedule(table: dict, lineage: list[dict], total_tokens: int, lr, w
     (schedule, tokens already trained along the lineage)."""
     offset, parent_lr = lineage_tokens_and_lr(lineage)
     table = dict(table)
-    if schedule_name:
-        table["name"] = schedule_name
+    if schedule_name and schedule_name != table.get("name", "constant"):
+        # another schedule: the recipe's constants belong to its own (power's a and b, ...); the new one's defaults apply
+        table = {key: table[key] for key in ("warmup", "peak_lr") if key in table} | {"name": schedule_name}
     if warmup is not None:
         table["warmup"] = warmup
     peak = lr if lr is not None else (table.get("peak_lr") or parent_lr)

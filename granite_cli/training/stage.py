@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,10 +28,11 @@ import typer
 
 from granite_cli import options
 from granite_cli.console import console
-from granite_cli.data.atomic import partial_directory, publish
+from granite_cli.data.atomic import atomic_path, partial_directory, publish
 from granite_cli.errors import BadInput
 
 PRECISIONS = ("auto", "fp32", "bf16")
+RUN_SETTINGS = "run-settings.json"  # in the work directory: what a --resume must match
 
 
 @dataclass
@@ -147,10 +149,30 @@ class TrainingRun:
         return Validator(rows, count, min(self.flags.micro_batch, 16), self.dist, trainer.autocast, byte_lengths)
 
     def train(self, trainer) -> dict:
-        """Resume when asked (from the newest step checkpoint), then run to the end."""
+        """Resume when asked (from the newest step checkpoint, with the settings the run started with), then run to the end."""
+        self.check_settings(trainer)
         if self.flags.resume and not trainer.resume():
             console.print("no step checkpoint to resume from: starting from the beginning")
         return trainer.run()
+
+    def check_settings(self, trainer) -> None:
+        """Record the run's settings when it starts; refuse a --resume whose settings differ (naming each), since
+        continuing would splice two runs into one checkpoint whose lineage tells only the second."""
+        s = trainer.settings
+        now = json.loads(json.dumps({
+            "seed": self.flags.seed, "steps": s.steps, "global_batch": s.global_batch, "seq_len": s.seq_len,
+            "schedule": repr(s.schedule), "weight_decay": s.weight_decay, "betas": s.betas, "grad_clip": s.grad_clip,
+            "precision": s.precision}))
+        recorded = self.workdir / RUN_SETTINGS
+        if self.flags.resume and recorded.exists():
+            before = json.loads(recorded.read_text())
+            changed = [f"{key} {before.get(key)} -> {value}" for key, value in now.items() if before.get(key) != value]
+            if changed:
+                raise BadInput(f"--resume continues the run in {self.workdir} with other settings than it started with "
+                               f"({'; '.join(changed)}): resume with the same flags, or pass --overwrite to start over")
+        elif self.dist.main:
+            with atomic_path(recorded) as tmp:
+                tmp.write_text(json.dumps(now, indent=2))
 
     def finish(self, trainer, summary: dict, arguments: dict, inputs: list[dict]) -> dict:
         """Write the final checkpoint with its lineage entry, publish it under `out`; every rank waits for it."""
@@ -165,15 +187,30 @@ class TrainingRun:
             entry = lineage_entry(self.stage, {**arguments, "seed": self.flags.seed}, inputs, metrics)
             final = self.workdir / "final"
             save_checkpoint(final, model_state, trainer.model.config, self.tokenizer_dir, self.lineage + [entry], state)
-            for name in ("checkpoints", "metrics.jsonl"):
-                if (self.workdir / name).exists():
-                    (self.workdir / name).rename(final / name)
+            if (self.workdir / "metrics.jsonl").exists():
+                (self.workdir / "metrics.jsonl").rename(final / "metrics.jsonl")
             publish(final, self.out)
+            keep_step_checkpoints(self.workdir / "checkpoints", step_checkpoints_of(self.out))
             shutil.rmtree(self.workdir)
             shown = ", ".join(f"{k.replace('_', ' ')} {metrics[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in metrics)
             console.print(f"wrote [bold]{self.out}[/]: {shown}")
         distributed.barrier(self.dist)  # rank 0 writes the checkpoint while the others wait for it
         return metrics
+
+
+def step_checkpoints_of(out: Path) -> Path:
+    """Where a finished run's step checkpoints stay: beside the checkpoint, not inside what a user copies to share it."""
+    return out.with_name(f"{out.name}.steps")
+
+
+def keep_step_checkpoints(steps: Path, beside: Path) -> None:
+    """Move the finished steps beside the checkpoint; a save a kill interrupted (a hidden temporary) goes."""
+    if not steps.exists():
+        return
+    for leftover in steps.glob(".*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if any(steps.iterdir()):
+        publish(steps, beside)
 
 
 def prepare_output(out: Path, workdir: Path, resume: bool, overwrite: bool) -> None:
@@ -182,8 +219,9 @@ def prepare_output(out: Path, workdir: Path, resume: bool, overwrite: bool) -> N
     if overwrite:
         shutil.rmtree(workdir, ignore_errors=True)
         return
-    if is_checkpoint(out) and not resume:
-        raise BadInput("a finished checkpoint is already there; pass --overwrite to train it again", str(out))
+    if is_checkpoint(out) and not workdir.exists():
+        raise BadInput("a finished checkpoint is already there" + (": the run finished, nothing to resume" if resume else "")
+                       + "; pass --overwrite to train it again", str(out))
     if workdir.exists() and not (workdir / "checkpoints").exists():
         shutil.rmtree(workdir)  # a run that stopped before its first checkpoint left nothing to resume
     if workdir.exists() and not resume:

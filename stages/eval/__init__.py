@@ -73,6 +73,10 @@ def eval_command(
         raise BadInput("--chat-template must be on, off or auto")
     lengths, depths = parse_grid(ruler_lengths, int, "--ruler-lengths"), parse_grid(ruler_depths, float, "--ruler-depths")
     specs = [get_task(name.strip(), lengths, depths, seed) for name in tasks.split(",") if name.strip()]
+    if not specs:
+        raise BadInput("--tasks names no task")
+    if limit is not None and limit < 1:
+        raise BadInput(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
     if any(spec.kind == "code" for spec in specs):
         from granite_cli.verify.sandbox import require_isolation
 

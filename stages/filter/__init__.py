@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +25,7 @@ import typer
 
 from granite_cli import options
 from granite_cli.console import console, progress
-from granite_cli.errors import BadInput
+from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import FilterSection, Recipe, expand_path, load_recipe
 from granite_cli.data.atomic import atomic_path
 from granite_cli.data.records import ErrorPolicy, dumps, input_paths, read_records, record_writer
@@ -97,6 +98,7 @@ def run_curation(curator: Curator, paths: list[str], output: Optional[str], audi
     """Stream the samples through the curator chunk by chunk: memory holds one chunk plus the dedup index."""
     if chunk < 1:
         raise BadInput("--chunk must be at least 1")
+    judged: Counter = Counter()  # judge statuses of the samples sent to the judge
     with record_writer(output) as kept_sink, record_writer(audit_path) as audit_sink, progress() as bar:
         task = bar.add_task("filter", total=None, rate="")
         pending: list[dict] = []
@@ -106,19 +108,29 @@ def run_curation(curator: Curator, paths: list[str], output: Optional[str], audi
             sample.setdefault("id", f"#{position}")
             pending.append(sample)
             if len(pending) == chunk:
-                write_chunk(curator.curate(pending), kept_sink, audit_sink)
+                judged += write_chunk(curator.curate(pending), kept_sink, audit_sink)
                 bar.advance(task, len(pending))
                 pending = []
-        write_chunk(curator.curate(pending), kept_sink, audit_sink)
+        judged += write_chunk(curator.curate(pending), kept_sink, audit_sink)
+        if judged and not judged["ok"]:  # raised inside: neither output is published
+            raise GraniteError(f"the judge gave no usable verdict on any of the {sum(judged.values())} samples it was asked "
+                               f"about ({', '.join(f'{n} {status}' for status, n in judged.items())}); see the judge "
+                               f"errors above, or check --judge, --judge-model and the server")
     errors.report()
     console.print(f"audit: {audit_path}")
 
 
-def write_chunk(results: list[tuple[dict, dict]], kept_sink, audit_sink) -> None:
+def write_chunk(results: list[tuple[dict, dict]], kept_sink, audit_sink) -> Counter:
+    """Write the kept samples and every audit record; count the judge's statuses (ok, malformed, failed)."""
+    judged: Counter = Counter()
     for sample, audit in results:
         if audit["kept"]:
             kept_sink.write(dumps(sample))
         audit_sink.write(dumps(audit))
+        status = audit.get("judge", {}).get("status")
+        if status in ("ok", "malformed", "failed"):
+            judged[status] += 1
+    return judged
 
 
 # ------------------------------------------------------------------ settings
