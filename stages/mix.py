@@ -32,7 +32,7 @@ from rich.table import Table
 
 from granite_cli import options
 from granite_cli.console import console, progress
-from granite_cli.errors import BadInput
+from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import Recipe, Source, format_count, load_recipe
 from granite_cli.data.atomic import atomic_path
 from granite_cli.data.records import ErrorPolicy, dumps, record_writer
@@ -67,6 +67,9 @@ def mix_command(
     shard_index: Optional[int] = options.ShardIndexOption,
     num_shards: Optional[int] = options.NumShardsOption,
     on_error: str = options.OnErrorOption,
+    on_miss: str = typer.Option("fail", "--on-miss", help="A source that ends outside the recipe's mix_tolerance of its "
+                                                          "share (its documents larger than what is left of it, say): "
+                                                          "'fail' (exit 1, a file output is not written) or 'warn'."),
 ) -> None:
     """Stream a phase's data mixture as JSONL documents ({"id", "text", "source", ...}).
 
@@ -74,6 +77,8 @@ def mix_command(
     Example: granite mix --phase 2 | granite tokenize
     """
     loaded = load_recipe(recipe, run_dir)
+    if on_miss not in ("fail", "warn"):
+        raise BadInput("--on-miss must be fail or warn")
     if phase is None and not heldout:
         raise BadInput("--phase is required (which recipe phase to mix)")
     if heldout:
@@ -94,7 +99,7 @@ def mix_command(
     slack = budget * loaded.mix_tolerance / 100 / 2
     cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter, slack, fraction=fraction)
                for name in targets]
-    stream = interleave(cursors)
+    stream = itertools.chain(interleave(cursors), top_up(cursors, loaded.mix_tolerance))
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
         task = bar.add_task(f"mix phase {phase}" + (f" stage {stage}" if stage else ""), total=int(sum(targets.values())), rate="")
@@ -107,9 +112,17 @@ def mix_command(
             if position % PROGRESS_EVERY == 0:
                 bar.advance(task, pending)
                 pending = 0
+        report = mix_report(loaded, phase, stage, budget, cursors, available, seed, index, count)
+        misses = tolerance_misses(report, loaded.mix_tolerance)
+        if misses and on_miss == "fail":  # raised inside: a file output is not published
+            console.print(report_table(report, loaded.mix_tolerance))
+            raise GraniteError(f"the mix misses its tolerance (±{loaded.mix_tolerance:g} pp): {'; '.join(misses)}. A "
+                               f"source's documents may be larger than what was left of its share: raise the budget "
+                               f"(--tokens), split long documents, or pass --on-miss warn")
     policy.report()
-    report = mix_report(loaded, phase, stage, budget, cursors, available, seed, index, count)
     console.print(report_table(report, loaded.mix_tolerance))
+    for miss in misses:
+        console.print(f"[yellow]warning:[/] {miss}")
     if target_path not in (None, "-") and Path(output).suffix not in (".jsonl", ".zst", ".gz"):
         with atomic_path(Path(output) / f"mix-{index:05d}-of-{count:05d}.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
@@ -308,6 +321,49 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
             heapq.heappush(heap, (cursor.behind(), order, cursor))
 
 
+def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[SourceCursor, dict, int]]:
+    """Bring every source's share of the emitted total within the tolerance, once each met its target in tokens.
+
+    Meeting each target within its slack still leaves the shares of what was emitted off when the
+    sources that stopped short add up (a source at +slack holds more than its share of a smaller
+    total). Documents are added, each from the source furthest below its share that has one that
+    keeps it under its own share, until every share is within 90% of the tolerance; a source that
+    cannot be brought in (its documents are all too large) is left as it is, and the report says so.
+    """
+    budget = sum(c.target for c in cursors)
+    if budget <= 0:
+        return
+    share = {id(c): c.target / budget for c in cursors}
+    margin = 0.009 * tolerance  # a fraction: 90% of the tolerance in percentage points
+    exhausted: set[int] = set()
+    while True:
+        total = sum(c.emitted_tokens for c in cursors) or 1
+        if max(c.emitted_tokens / total - share[id(c)] for c in cursors) <= margin:
+            return
+        candidates = sorted((c for c in cursors if id(c) not in exhausted),
+                            key=lambda c: c.emitted_tokens / total - share[id(c)])
+        if not candidates:
+            return
+        cursor = candidates[0]
+        for _ in range(MAX_PASSES):
+            item = next(cursor.documents, None)
+            if item is None:
+                break
+            epoch, doc = item
+            n_tokens = cursor.counter.count(doc["text"])
+            if (cursor.emitted_tokens + n_tokens) / (total + n_tokens) - share[id(cursor)] <= margin:
+                cursor.epoch = epoch
+                cursor.emitted_tokens += n_tokens
+                cursor.emitted_docs += 1
+                yield cursor, doc, n_tokens
+                break
+        else:
+            exhausted.add(id(cursor))
+            continue
+        if item is None:
+            exhausted.add(id(cursor))
+
+
 def output_document(doc: dict, cursor: SourceCursor, phase, stage: Optional[str] = None) -> dict:
     """The document as emitted: `source` is the recipe's source name, `phase` (and `stage`) where it goes; a repeated
     pass is marked."""
@@ -341,6 +397,12 @@ def mix_report(recipe, phase, stage, budget, cursors, available, seed, index, co
                             "repetitions": c.emitted_tokens / max(available[c.source.name], 1)}
             for c in cursors},
     }
+
+
+def tolerance_misses(report: dict, tolerance: float) -> list[str]:
+    """Each source whose achieved share is further than `tolerance` percentage points from its target."""
+    return [f"{name} {row['achieved_pct']:.2f}% against {row['target_pct']:.2f}%" for name, row in report["sources"].items()
+            if abs(row["achieved_pct"] - row["target_pct"]) > tolerance]
 
 
 def report_table(report: dict, tolerance: float) -> Table:

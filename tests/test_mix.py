@@ -158,3 +158,14 @@ def test_a_phase_with_stages_needs_one(tmp_path):
     assert result.returncode == 2 and "1K, 2K, 4K" in result.stderr.decode()
     result = mix("--phase", "5", "--stage", "8K", "--run-dir", tmp_path, check=False)
     assert result.returncode == 2 and "no stage '8K'" in result.stderr.decode()
+
+
+def test_a_mix_that_misses_its_tolerance_fails_unless_told_to_warn(tmp_path):
+    """The tiny recipe's 4K stage asks 80% books of 40K tokens; each bundled book is far longer, so none fits."""
+    out = tmp_path / "stage.jsonl"
+    result = mix("--phase", "5", "--stage", "4K", "--run-dir", tmp_path, "-o", out, check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "misses its tolerance" in err and "books 0.00% against 80.00%" in err
+    assert not out.exists()
+    warned = mix("--phase", "5", "--stage", "4K", "--run-dir", tmp_path, "-o", out, "--on-miss", "warn")
+    assert "warning:" in warned.stderr.decode() and out.exists()
