@@ -79,8 +79,9 @@ def pretrain_command(
         train_sets = open_shards(shard_dirs, tok["sha256"])
         val_dir = Path(val_data) if val_data else paths.heldout_shards
         val_sets = open_shards([val_dir], tok["sha256"]) if (val_data or val_dir.exists()) else None
-        windows = TokenWindows(train_sets, seq, flags.seed, global_batch, holdout_every=0 if val_sets else 50)
-        val_windows = TokenWindows(val_sets, seq, flags.seed, global_batch) if val_sets else windows.heldout()
+        windows = TokenWindows(train_sets, seq, flags.seed, global_batch, holdout_every=0 if val_sets else 50,
+                               vocab_size=tok["size"])
+        val_windows = TokenWindows(val_sets, seq, flags.seed, global_batch, vocab_size=tok["size"]) if val_sets else windows.heldout()
         n_steps = steps or windows.count // global_batch
         if n_steps < 1:
             raise BadInput(f"the shards hold {windows.count} windows of {seq + 1} tokens: fewer than one batch of "

@@ -182,11 +182,15 @@ def prepare_conversations(samples, tokenizer, seq_len: int, overlong: str, val_f
 
 
 def normalized(sample: dict) -> dict:
-    """Chat samples as the template sees them: a missing content is empty, a malformed sample is bad input."""
-    messages = sample.get("messages")
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        raise BadInput(f"sample {sample.get('id')!r}: 'messages' must be a list of objects with a role")
-    return {**sample, "messages": [{**m, "content": m.get("content") or ""} for m in messages]}
+    """Chat samples as the template sees them: in our shape, checked as filter checks them (an unknown role, an
+    empty assistant turn or unparsable tool arguments is bad input), a missing content empty."""
+    from granite_cli.data.chat import normalize_sample, schema_problems
+
+    sample = normalize_sample(sample)
+    problems = schema_problems(sample)
+    if problems:
+        raise BadInput(f"sample {sample.get('id')!r}: {'; '.join(problems)}")
+    return {**sample, "messages": [{**m, "content": m.get("content") or ""} for m in sample["messages"]]}
 
 
 def fit(conversation: Conversation, seq_len: int, overlong: str, sample: dict, counts: dict) -> Optional[Conversation]:

@@ -31,7 +31,7 @@ from granite_cli import options
 from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import format_count, load_recipe, parse_count
-from granite_cli.data.atomic import atomic_directory, atomic_path, partial_directory, publish
+from granite_cli.data.atomic import OutputLock, atomic_directory, atomic_path, partial_directory, publish
 from granite_cli.data.records import STDIO, ErrorPolicy, input_paths, read_records
 from granite_cli.data.sources import read_unit, source_units
 
@@ -42,6 +42,7 @@ app = typer.Typer(
     no_args_is_help=False,
 )
 BATCH_DOCS = 512
+PIECE_CHARS = 1 << 18  # a text longer than this is encoded in pieces (see encode_texts)
 PROGRESS_FILE = "progress.json"
 
 
@@ -89,7 +90,8 @@ def tokenize_command(
     if count > 1:
         out = out / f"part-{index:05d}"
     documents = _prepend(first, records)
-    result = write_shards(documents, tok, identity, out, parse_count(shard_tokens, "--shard-tokens"), batch_docs, overwrite)
+    with OutputLock(out):  # a second run writing the same directory is refused, not left to collide
+        result = write_shards(documents, tok, identity, out, parse_count(shard_tokens, "--shard-tokens"), batch_docs, overwrite)
     policy.report()
     if policy.skipped:
         result["skipped"] = dict(policy.skipped)
@@ -133,13 +135,12 @@ def write_shards(documents: Iterator[dict], tok, identity: dict, out: Path, shar
     with progress() as bar:
         task = bar.add_task(f"tokenize → {out.name}", total=None, rate="")
         for batch in _prefetch(_batches(documents, batch_docs)):
-            texts = [doc["text"] for doc in batch]
-            encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
-            lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
+            encoded = encode_texts(backend, [doc["text"] for doc in batch])
+            lengths = np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
             flat = np.empty(int(lengths.sum()), dtype=np.int64)
             ends = np.cumsum(lengths)
-            for encoding, end, length in zip(encodings, ends.tolist(), lengths.tolist()):
-                flat[end - length:end - 1] = encoding.ids
+            for ids, end, length in zip(encoded, ends.tolist(), lengths.tolist()):
+                flat[end - length:end - 1] = ids
                 flat[end - 1] = eos
             sources = [str(doc.get("source", "unknown")) for doc in batch]
             done_in_batch = 0
@@ -168,6 +169,48 @@ def write_shards(documents: Iterator[dict], tok, identity: dict, out: Path, shar
     (partial / PROGRESS_FILE).unlink(missing_ok=True)
     publish(partial, out)
     return dict(manifest, tokens_per_second=tokens_done / max(elapsed, 1e-9))
+
+
+def encode_texts(backend, texts: list[str], piece_chars: int = PIECE_CHARS) -> list:
+    """Token ids of each text. A long text is encoded a piece at a time, cut where the pre-tokenizer splits anyway
+    (BPE merges never cross a pre-token), so the ids equal encoding it whole while memory holds one piece's
+    encoding: a tokenizer's encoding costs about 140 bytes a character."""
+    short = [i for i, text in enumerate(texts) if len(text) <= piece_chars]
+    out: list = [None] * len(texts)
+    for i, encoding in zip(short, backend.encode_batch_fast([texts[i] for i in short], add_special_tokens=False)):
+        out[i] = encoding.ids
+    for i in (i for i, text in enumerate(texts) if len(text) > piece_chars):
+        pieces = pieces_for_encoding(backend, texts[i], piece_chars)
+        out[i] = [token for start in range(0, len(pieces), 8)
+                  for encoding in backend.encode_batch_fast(pieces[start:start + 8], add_special_tokens=False)
+                  for token in encoding.ids]
+    return out
+
+
+def pieces_for_encoding(backend, text: str, piece_chars: int) -> list[str]:
+    """`text` cut about every `piece_chars` characters at pre-token boundaries (the whole text where none is found)."""
+    if backend.pre_tokenizer is None:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        cut = _pre_token_boundary(backend.pre_tokenizer, text, start + piece_chars)
+        if cut is None:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    return pieces + [text[start:]]
+
+
+def _pre_token_boundary(pre_tokenizer, text: str, near: int, ahead: int = 4096):
+    """The first pre-token start at or after `near` on which two scans that begin 1 KB and 2 KB earlier agree:
+    a regex pre-tokenizer that starts mid-token resynchronises within a few characters."""
+    found = []
+    for lead in (1024, 2048):
+        begin = max(0, near - lead)
+        starts = {begin + s for _, (s, _) in pre_tokenizer.pre_tokenize_str(text[begin:near + ahead])}
+        found.append({p for p in starts if near <= p < near + ahead - 64})
+    common = found[0] & found[1]
+    return min(common) if common else None
 
 
 def _batches(documents: Iterator[dict], size: int) -> Iterator[list[dict]]:

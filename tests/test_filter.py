@@ -270,3 +270,26 @@ def test_bundled_sft_defects_are_caught(tmp_path):
             assert expected_check[defect] in checks, audit
         elif defect is None or defect == "duplicate":
             assert checks <= {"exact_dedup", "near_dedup"}, audit
+
+
+def test_openai_shaped_samples_get_the_same_verdicts_as_ours(tmp_path):
+    from granite_cli.data.chat import normalize_sample
+
+    ours = [s for s in labelled() if s.get("tools")]
+    openai = []
+    for sample in ours:
+        messages = [{**m, "content": m["content"] or None, "tool_calls": [
+            {"id": f"call_{j}", "type": "function", "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(
+                c["arguments"], str) else json.dumps(c["arguments"])}} for j, c in enumerate(m["tool_calls"])]}
+            if m.get("tool_calls") else m for m in sample["messages"]]
+        openai.append({**sample, "messages": messages, "tools": [{"type": "function", "function": t} for t in sample["tools"]]})
+    assert [normalize_sample(s)["tools"] for s in openai] == [s["tools"] for s in ours]
+    paths = {}
+    for name, samples in (("ours", ours), ("openai", openai)):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(s) + "\n" for s in samples))
+        granite("filter", paths[name], "-o", tmp_path / f"{name}-kept.jsonl", "--audit", tmp_path / f"{name}-audit.jsonl",
+                "--run-dir", tmp_path / "runs", check=True)
+    verdicts = {name: [json.loads(line)["verdict"] for line in (tmp_path / f"{name}-audit.jsonl").read_text().splitlines()]
+                for name in paths}
+    assert verdicts["openai"] == verdicts["ours"] and "accept" in verdicts["ours"] and "reject" in verdicts["ours"]

@@ -184,3 +184,41 @@ def test_resume_refuses_a_finished_run_and_settings_other_than_the_runs(run_dir)
         result = granite("pretrain", "--run-dir", run_dir, "-o", cut, *flags, "--resume")
         assert result.returncode == 2 and named in result.stderr.decode(), result.stderr.decode()
     granite("pretrain", "--run-dir", run_dir, "-o", cut, *steps, *FAST, "--resume", check=True)  # the same flags go on
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(run_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = run_dir / "checkpoints" / "twice"
+    args = [sys.executable, "-m", "granite_cli", "pretrain", "--run-dir", str(run_dir), "-o", str(out), "--steps", "400",
+            *map(str, FAST)]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = out.with_name(".twice.lock")
+    deadline = time.time() + 60
+    while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+        assert time.time() < deadline and first.poll() is None
+        time.sleep(0.05)
+    second = granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "400", *FAST, "--overwrite")
+    assert second.returncode == 2 and f"another run (pid {first.pid})" in second.stderr.decode()
+    first.send_signal(signal.SIGKILL)  # a killed holder leaves no stuck lock
+    first.wait()
+    third = granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "2", *FAST, "--overwrite")
+    assert third.returncode == 0, third.stderr.decode()
+
+
+def test_token_ids_beyond_the_vocabulary_are_bad_input_not_an_index_error(run_dir, tmp_path):
+    import numpy as np
+
+    shards = tmp_path / "shards"
+    shutil.copytree(run_dir / "shards" / "phase-1", shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    tokens = shards / "shard-00000.tokens"
+    data = np.fromfile(tokens, dtype=manifest["dtype"])
+    data[::97] = np.iinfo(data.dtype).max  # ids no tokenizer of this vocabulary makes
+    data.tofile(tokens)
+    result = granite("pretrain", shards, "--run-dir", run_dir, "-o", tmp_path / "ckpt", *FAST)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "beyond the vocabulary" in err and "Traceback" not in err

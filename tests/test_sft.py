@@ -250,3 +250,36 @@ def test_two_processes_match_one(sft_run, checkpoint, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4) for k in a)
     losses = lambda path: [m["loss"] for m in metrics(path) if "loss" in m]
     assert losses(tmp_path / "single") == pytest.approx(losses(tmp_path / "double"), rel=1e-4)
+
+
+OURS = {"id": "t", "tools": [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "messages": [{"role": "user", "content": "Weather in Oslo?"},
+                     {"role": "assistant", "content": "", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
+                     {"role": "tool", "content": "{\"temp\": 3}"}, {"role": "assistant", "content": "3 degrees."}]}
+OPENAI = {**OURS, "tools": [{"type": "function", "function": OURS["tools"][0]}],
+          "messages": [OURS["messages"][0], {"role": "assistant", "content": None, "tool_calls": [
+              {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+              *OURS["messages"][2:]]}
+
+
+def test_openai_shaped_samples_train_exactly_like_ours(tokenizer):
+    from stages.sft import normalized
+
+    renderer = ChatRenderer(tokenizer)
+    [ours], [theirs] = renderer.render([normalized(OURS)]), renderer.render([normalized(OPENAI)])
+    assert ours.ids.tolist() == theirs.ids.tolist() and ours.trained.tolist() == theirs.trained.tolist()
+
+
+@pytest.mark.parametrize("broken, named", [
+    ({**SAMPLES[0], "messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}, "no valid role"),
+    ({**SAMPLES[0], "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}, "empty assistant turn"),
+    ({**SAMPLES[0], "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}, "empty assistant turn"),
+    ({**SAMPLES[0], "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["a", "list"]}]}, "not a string"),
+    ({**OURS, "messages": [OURS["messages"][0], {"role": "assistant", "content": "", "tool_calls": [
+        {"name": "get_weather", "arguments": "{city: Oslo"}]}, *OURS["messages"][2:]]}, "do not parse as JSON"),
+])
+def test_sft_refuses_what_filter_rejects(broken, named):
+    from stages.sft import normalized
+
+    with pytest.raises(BadInput, match=named):
+        normalized(broken)

@@ -170,3 +170,17 @@ def test_job_array_workers_split_files_and_write_their_own_parts(tokenizer_dir, 
     parts = [ShardSet(tmp_path / "shards" / "phase-7" / f"part-{i:05d}") for i in range(2)]
     assert sum(p.manifest["documents"] for p in parts) == len(docs)
     assert parts[0].manifest["documents"] == (len(docs) + 1) // 2
+
+
+def test_a_long_document_is_encoded_in_pieces_with_the_ids_of_encoding_it_whole(tokenizer_dir):
+    from stages.tokenize import encode_texts, pieces_for_encoding
+
+    backend = load_tokenizer(str(tokenizer_dir)).backend_tokenizer
+    parts = ["def f(x):\n\treturn x ** 2  # square\n\n", "Café naïve façade — 12345678 km/h.\r\n", "    indented   spaces\t\t",
+             "日本語のテキスト、句読点。", "'s 're don't (parens) [brackets] {braces}\n\n\n", "x" * 37, " 3.14159 ", "\n"]
+    text = "".join(parts[i % len(parts)] for i in range(3000))
+    pieces = pieces_for_encoding(backend, text, piece_chars=1000)
+    assert len(pieces) > 50 and "".join(pieces) == text
+    whole = backend.encode(text, add_special_tokens=False).ids
+    assert list(encode_texts(backend, [text], piece_chars=1000)[0]) == whole
+    assert encode_texts(backend, ["short", text], piece_chars=1000)[0] == backend.encode("short", add_special_tokens=False).ids

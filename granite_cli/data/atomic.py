@@ -14,6 +14,45 @@ from pathlib import Path
 from typing import Iterator
 
 
+class OutputLock:
+    """Hold `final` for one run: a second run writing the same output (a Slurm job submitted twice) is refused.
+
+    An flock on `.NAME.lock` beside the output: the kernel releases it when the holder exits, however it
+    exits, so a killed run never leaves it stuck. The file keeps the holder's pid for the message."""
+
+    def __init__(self, final: Path):
+        self.path = Path(final).with_name(f".{Path(final).name}.lock")
+        self.handle = None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        from granite_cli.errors import BadInput
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "?"
+            self.handle.close()
+            raise BadInput(f"another run (pid {holder}) is writing this output now; wait for it to end, or choose "
+                           f"another output", str(final_of(self.path))) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()  # closing releases the flock
+
+
+def final_of(lock: Path) -> Path:
+    return lock.with_name(lock.name[1:].removesuffix(".lock"))
+
+
 def partial_directory(final: Path) -> Path:
     """Where a resumable stage builds `final`: `.NAME.partial` beside it."""
     return final.with_name(f".{final.name}.partial")

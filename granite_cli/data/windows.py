@@ -42,10 +42,12 @@ class TokenWindows:
     (one per epoch), so it is a pure function of the step.
     """
 
-    def __init__(self, shard_sets, seq_len: int, seed: int, batch_size: int, holdout_every: int = 0):
+    def __init__(self, shard_sets, seq_len: int, seed: int, batch_size: int, holdout_every: int = 0,
+                 vocab_size: int | None = None):
         import numpy as np
 
         self.shard_sets, self.seq_len, self.seed, self.batch_size = shard_sets, seq_len, seed, batch_size
+        self.vocab_size = vocab_size  # token ids at or above it are refused (a corrupt shard, not an index error)
         places = []
         for set_index, shard_set in enumerate(shard_sets):
             for shard_index, entry in enumerate(shard_set.shards):
@@ -64,6 +66,7 @@ class TokenWindows:
         """The windows set aside from training (when there is no separate held-out shard directory)."""
         view = TokenWindows.__new__(TokenWindows)
         view.shard_sets, view.seq_len, view.seed, view.batch_size = self.shard_sets, self.seq_len, self.seed, self.batch_size
+        view.vocab_size = self.vocab_size
         view.places, view.held, view.count, view._epoch_order = self.held, self.held[:0], len(self.held), {}
         return view
 
@@ -76,8 +79,12 @@ class TokenWindows:
 
     def window(self, place):
         set_index, shard_index, start = (int(x) for x in place)
-        tokens = self.shard_sets[set_index].tokens(shard_index)
-        return tokens[start:start + self.seq_len + 1]
+        window = self.shard_sets[set_index].tokens(shard_index)[start:start + self.seq_len + 1]
+        if self.vocab_size is not None and len(window) and int(window.max()) >= self.vocab_size:
+            raise BadInput(f"shard {shard_index} holds token id {int(window.max())}, beyond the vocabulary of "
+                           f"{self.vocab_size}: the shard is corrupt or was not made with this tokenizer",
+                           str(self.shard_sets[set_index].directory))
+        return window
 
     def rows(self, positions) -> dict:
         import numpy as np

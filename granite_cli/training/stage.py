@@ -19,6 +19,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,7 +29,7 @@ import typer
 
 from granite_cli import options
 from granite_cli.console import console
-from granite_cli.data.atomic import atomic_path, partial_directory, publish
+from granite_cli.data.atomic import OutputLock, atomic_path, partial_directory, publish
 from granite_cli.errors import BadInput
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -96,6 +97,8 @@ class TrainingRun:
     def __init__(self, stage: str, out: Path, flags: TrainingFlags):
         self.stage, self.out, self.flags = stage, Path(out), flags
         self.workdir = partial_directory(self.out)
+        # the first process holds the output (under torchrun the others share its run)
+        self.lock = OutputLock(self.out).__enter__() if int(os.environ.get("RANK", "0")) == 0 else None
         prepare_output(self.out, self.workdir, flags.resume, flags.overwrite)
         self.dist = None
 
@@ -109,6 +112,8 @@ class TrainingRun:
         from granite_cli.training import distributed
 
         distributed.teardown(self.dist)
+        if self.lock is not None:
+            self.lock.__exit__()
 
     def settings(self, schedule, optimizer, *, offset: int, n_steps: int, global_batch: int, seq: int, model):
         """TrainSettings from a built schedule, the recipe's optimizer settings (any table with weight_decay, betas and

@@ -21,6 +21,7 @@ from granite_cli.errors import BadInput
 from granite_cli.recipe import examples_dir
 from granite_cli.data.records import read_records
 from granite_cli.verify.sandbox import run_python
+from granite_cli.data.chat import normalize_sample
 from granite_cli.verify import verify
 from granite_cli.verify.answers import last_number, parse_number
 from granite_cli.verify.code import code_program, extract_completion, mbpp_code
@@ -209,7 +210,8 @@ def local_task(path: str, name: str) -> TaskSpec:
         return verifier_score(item if "verifier" in item else {**item, "verifier": {"type": "exact", "answer": item["answer"]}}, output)
 
     return TaskSpec(name=name, description=f"local chat task from {path}", kind="generate", data=DataSource(path),
-                    messages=lambda item: item["messages"], score=score, max_new_tokens=192,
+                    messages=lambda item: normalize_sample(item)["messages"],
+                    tools=lambda item: normalize_sample(item).get("tools"), score=score, max_new_tokens=192,
                     subtask=lambda item: item.get("family") or item.get("domain") or "all")
 
 

@@ -18,7 +18,8 @@ from typing import Callable
 
 import orjson
 
-ROLES = ("system", "user", "assistant", "tool")
+from granite_cli.data.chat import normalize_sample, schema_problems, tool_call_arguments
+
 
 # ------------------------------------------------------------------ normalization
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
@@ -46,7 +47,9 @@ def normalize_text(text: str) -> tuple[str, list[str]]:
 
 
 def normalize(sample: dict) -> tuple[dict, list[str]]:
-    """The sample with every message and document text normalized, and a list of what changed where."""
+    """The sample in our shape (OpenAI-style tools and calls unwrapped) with every message and document text
+    normalized, and a list of what changed where."""
+    sample = normalize_sample(sample)
     changes: list[str] = []
     out = {**sample, "messages": _normalized(sample.get("messages") or [], "messages", "content", changes)}
     if "documents" in sample:
@@ -67,14 +70,6 @@ def _normalized(items: list, name: str, key: str, changes: list[str]) -> list:
 
 
 # ------------------------------------------------------------------ helpers
-def tool_call_arguments(call: dict):
-    """A tool call's arguments as an object: docs/design.md (contract 2) accepts an object or a JSON string of one."""
-    arguments = call.get("arguments", {})
-    if isinstance(arguments, str):
-        return json.loads(arguments)
-    return arguments
-
-
 def assistant_turns(sample: dict) -> list[tuple[int, dict]]:
     return [(i, m) for i, m in enumerate(sample["messages"]) if m.get("role") == "assistant"]
 
@@ -90,52 +85,8 @@ def assistant_text(sample: dict) -> str:
 
 # ------------------------------------------------------------------ schema
 def check_schema(sample: dict, settings: dict) -> list[str]:
-    """Roles, their order, a non-empty final assistant turn, tool results only after tool calls, well-formed calls."""
-    messages = sample.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return ["'messages' must be a non-empty list"]
-    problems = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            return [f"messages[{i}] has no valid role (one of {', '.join(ROLES)})"]
-        if not isinstance(m.get("content", ""), str):
-            problems.append(f"messages[{i}].content is not a string")
-        if m["role"] == "system" and i != 0:
-            problems.append(f"messages[{i}] is a system turn after the start")
-    turns = [m["role"] for m in messages if m["role"] != "system"]
-    if not turns or turns[0] != "user":
-        problems.append("the conversation does not start with a user turn")
-    if turns and turns[-1] != "assistant":
-        problems.append(f"the conversation ends with a {turns[-1]} turn, not an assistant turn")
-    for i in range(1, len(messages)):
-        before, now = messages[i - 1], messages[i]
-        if now["role"] == "tool" and not (before["role"] == "tool" or before.get("tool_calls")):
-            problems.append(f"messages[{i}] is a tool result that follows no tool call")
-        if before.get("tool_calls") and now["role"] != "tool":
-            problems.append(f"messages[{i - 1}] calls tools but no tool result follows")
-        if now["role"] == before["role"] and now["role"] in ("user", "assistant"):
-            problems.append(f"messages[{i - 1}] and messages[{i}] are both {now['role']} turns")
-    for i, m in enumerate(messages):
-        if m["role"] == "assistant" and not (str(m.get("content") or "").strip() or m.get("tool_calls")):
-            problems.append(f"messages[{i}] is an empty assistant turn")
-        for j, call in enumerate(m.get("tool_calls") or []):
-            problems.extend(_call_problems(call, f"messages[{i}].tool_calls[{j}]"))
-    if "tools" in sample and not (isinstance(sample["tools"], list) and all(isinstance(t, dict) and "name" in t for t in sample["tools"])):
-        problems.append("'tools' must be a list of function specs with a name")
-    if "documents" in sample and not (isinstance(sample["documents"], list)
-                                      and all(isinstance(d, dict) and isinstance(d.get("text"), str) for d in sample["documents"])):
-        problems.append("'documents' must be a list of objects with a string 'text'")
-    return problems
-
-
-def _call_problems(call, where: str) -> list[str]:
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return [f"{where} has no name"]
-    try:
-        arguments = tool_call_arguments(call)
-    except json.JSONDecodeError as err:
-        return [f"{where} ({call['name']}): arguments do not parse as JSON ({err.msg})"]
-    return [] if isinstance(arguments, dict) else [f"{where} ({call['name']}): arguments are not a JSON object"]
+    """The shape every reader of chat samples checks (granite_cli/data/chat.py)."""
+    return schema_problems(sample)
 
 
 # ------------------------------------------------------------------ tool calls
