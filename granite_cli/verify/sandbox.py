@@ -23,6 +23,7 @@ a pass. `run_many` runs programs concurrently, a pool sized to the cores.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import os
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -215,6 +217,7 @@ class _Cgroup:
         return bool(self.directories)
 
     def __enter__(self) -> "_Cgroup":
+        _remove_finished_cgroups()
         name = f"granite-sandbox-{os.getpid()}-{next(_NAMES)}"
         memory = str(self.limits.memory_mb << 20)
         try:
@@ -243,12 +246,32 @@ class _Cgroup:
             (directory / "cgroup.procs").write_text(str(pid))
 
     def __exit__(self, *exc) -> None:
-        for directory in reversed(self.directories):
-            for _ in range(50):  # the PID namespace's processes are reaped a moment after its init dies
+        # the PID namespace's processes are reaped a moment after its init dies: a cgroup still busy is removed by a
+        # later sandbox (or at exit) instead of holding this one up
+        with _FINISHED_LOCK:
+            _FINISHED_CGROUPS.extend(reversed(self.directories))
+        _remove_finished_cgroups()
+
+
+_FINISHED_CGROUPS: list[Path] = []
+_FINISHED_LOCK = threading.Lock()  # run_many's threads finish sandboxes concurrently
+
+
+def _remove_finished_cgroups(wait: float = 0.0) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        with _FINISHED_LOCK:
+            for directory in list(_FINISHED_CGROUPS):
                 try:
                     directory.rmdir()
-                    break
                 except FileNotFoundError:
-                    break
+                    pass
                 except OSError:
-                    time.sleep(0.02)
+                    continue  # still holds a dying process
+                _FINISHED_CGROUPS.remove(directory)
+            if not _FINISHED_CGROUPS or time.monotonic() >= deadline:
+                return
+        time.sleep(0.02)
+
+
+atexit.register(_remove_finished_cgroups, 2.0)
