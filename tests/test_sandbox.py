@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from granite_cli.verify.sandbox import Limits, isolation, run_many, run_python
+from granite_cli.verify.sandbox import Limits, isolation, run_python
 
 pytestmark = pytest.mark.skipif(not isolation().available, reason=f"no sandbox here: {isolation().reason}")
 
@@ -162,5 +162,7 @@ def test_output_and_files_are_size_bounded():
 
 
 def test_many_programs_run_at_once_in_order():
-    outcomes = run_many([f"assert {i} % 2 == 0" for i in range(6)])
-    assert [o.passed for o in outcomes] == [True, False, True, False, True, False]
+    from granite_cli.verify import verify_batch
+
+    verdicts = verify_batch([f"assert {i} % 2 == 0" for i in range(6)], [{"type": "code", "tests": ""}] * 6, workers=3)
+    assert [v.score for v in verdicts] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]

@@ -18,7 +18,7 @@ new user, PID, mount, network, IPC, UTS and cgroup namespaces:
 
 Where bwrap cannot run (no binary, user namespaces disabled) nothing is isolated: `require_isolation`
 refuses unless the user passes --allow-unsafe-code. A sandbox failure is an "error" outcome, never
-a pass. `run_many` runs programs concurrently, a pool sized to the cores.
+a pass. Sandboxes run concurrently from threads (eval's code tasks and verify_batch use a pool sized to the cores).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -121,12 +120,6 @@ def run_python(program: str, timeout: float = 10.0, limits: Optional[Limits] = N
                 return Outcome(False, "timeout", f"no result within {limits.wall_seconds:g}s")
             _kill(proc)  # whatever it left running dies with its PID namespace
         return _outcome(proc.returncode, err_path.read_bytes()[-2000:].decode(errors="replace"))
-
-
-def run_many(programs: list[str], limits: Optional[Limits] = None, workers: Optional[int] = None) -> list[Outcome]:
-    """Outcomes in order; as many sandboxes at once as there are cores (each mostly waits on its process)."""
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda program: run_python(program, limits=limits), programs))
 
 
 # ------------------------------------------------------------------ how the sandbox is built
@@ -254,7 +247,7 @@ class _Cgroup:
 
 
 _FINISHED_CGROUPS: list[Path] = []
-_FINISHED_LOCK = threading.Lock()  # run_many's threads finish sandboxes concurrently
+_FINISHED_LOCK = threading.Lock()  # sandboxes run from several threads finish concurrently
 
 
 def _remove_finished_cgroups(wait: float = 0.0) -> None:

@@ -9,7 +9,9 @@ multiple choice, `score_references` for bits per byte.
 from __future__ import annotations
 
 import math
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -69,10 +71,14 @@ def evaluate(spec: TaskSpec, backend, items, shots, chat, samples, temperature, 
     temp = temperature if temperature or n == 1 else 0.8
     stop = () if (chat and spec.kind == "code") else spec.stop
     outputs = generate_texts(backend, requests, Sampling(spec.max_new_tokens, temp, stop=stop, seed=seed, n=n))
+    if spec.kind == "code":  # each answer runs in its own sandbox: as many at once as there are cores
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            futures = [[pool.submit(spec.score, item, out) for out in mine] for item, mine in zip(items, outputs)]
+        code_outcomes = [[future.result() for future in row] for row in futures]
     rows = []
     for i, (item, prompt, mine) in enumerate(zip(items, prompts, outputs)):
         if spec.kind == "code":
-            outcomes = [spec.score(item, out) for out in mine]
+            outcomes = code_outcomes[i]
             passed = sum(o["pass@1"] for o in outcomes)
             scores = {f"pass@{k}": pass_at_k(n, passed, k) for k in (1, 10, 100) if k <= n}
             rows.append(sample_row(spec, item, i, prompt, mine[0], scores, outcomes[0].get("detail") or outcomes[0]["status"]))
