@@ -38,6 +38,7 @@ class Sampling:
     top_logprobs: int = 0  # alternatives reported per generated token
 
     def __post_init__(self):
+        object.__setattr__(self, "stop", tuple(self.stop))  # a list given by a caller: requests group by it
         if self.max_new_tokens < 1:
             raise BadInput(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.n < 1:

@@ -57,3 +57,14 @@ def test_streamed_pieces_make_the_greedy_text_and_an_error_ends_the_stream(check
     engine.model.generate = lambda **kw: (_ for _ in ()).throw(RuntimeError("the model broke"))
     with pytest.raises(RuntimeError, match="the model broke"):
         list(engine.stream(request))  # raised to the reader, not a hang
+
+
+def test_sampling_settings_are_checked_and_stop_strings_may_be_a_list():
+    import pytest
+
+    from granite_cli.errors import BadInput
+
+    assert Sampling(stop=["\n\n", "Q:"]).batch_key() == Sampling(stop=("\n\n", "Q:")).batch_key()
+    for bad in ({"max_new_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"n": 0}):
+        with pytest.raises(BadInput):
+            Sampling(**bad)
