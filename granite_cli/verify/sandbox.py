@@ -67,6 +67,7 @@ class Outcome:
 class Isolation:
     bwrap: Optional[str]  # the bwrap binary, when it runs here
     reason: str  # why there is no isolation, when there is none
+    whole_sandbox: str = ""  # what bounds a sandbox's total memory and processes: "cgroup", "RLIMIT_NPROC" or "nothing"
 
     @property
     def available(self) -> bool:
@@ -83,7 +84,9 @@ def isolation() -> Isolation:
                            text=True, stdin=subprocess.DEVNULL, timeout=30)
     if probe.returncode != 0:
         return Isolation(None, f"bwrap cannot create its namespaces here: {probe.stderr.strip()[:200]}")
-    return Isolation(binary, "")
+    with _Cgroup(Limits()) as cgroup:
+        bounded = cgroup.bounds_processes
+    return Isolation(binary, "", "cgroup" if bounded else ("RLIMIT_NPROC" if os.geteuid() != 0 else "nothing"))
 
 
 def require_isolation(allow_unsafe: bool) -> None:
@@ -93,6 +96,11 @@ def require_isolation(allow_unsafe: bool) -> None:
     if not found.available and not allow_unsafe:
         raise BadInput(f"model-written code cannot be isolated on this machine ({found.reason}); pass "
                        f"--allow-unsafe-code to run it without a sandbox, at your own risk")
+    if found.available and found.whole_sandbox == "nothing":
+        from granite_cli.console import console
+
+        console.print("[yellow]warning:[/] running as root without a cgroup this process may create: each sandboxed "
+                      "program's memory is limited, but not the processes it starts or their memory together")
     _unsafe_allowed = allow_unsafe
 
 
