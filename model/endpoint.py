@@ -82,12 +82,12 @@ class EndpointEngine:
             body["messages"] = request.messages
             if request.tools:
                 body["tools"] = [{"type": "function", "function": tool} for tool in request.tools]
-            if s.top_logprobs:
+            if s.logprobs or s.top_logprobs:
                 body.update(logprobs=True, top_logprobs=s.top_logprobs)
         else:
             body["prompt"] = request.prompt
-            if s.top_logprobs:
-                body["logprobs"] = s.top_logprobs
+            if s.logprobs or s.top_logprobs:
+                body["logprobs"] = s.top_logprobs  # the completions API: the count of alternatives (0: the chosen token's)
         try:
             answer = post_json(self.url + ("/chat/completions" if chat else "/completions"), body, self.headers,
                                self.timeout, self.retries, self.backoff)

@@ -8,9 +8,10 @@ Each request carries its own sampling settings (temperature, top-p, stop strings
 number of samples, top-k alternatives to report). The local engine batches requests that share
 every setting that changes how a batch is decoded (greedy or sampled, temperature, top-p, stop
 strings, seed) and sorts prompts by length so padding stays small; a request never takes another's
-settings. `logprobs` are the model's own log-probabilities of each generated token (temperature 1,
-no top-p), which is what a policy-gradient ratio needs; `top_logprobs` lists the most likely
-alternatives at each position when asked. Samples of a sampled request depend on its seed and on
+settings. `logprobs` (when asked) are the model's own log-probabilities of each generated token
+(temperature 1, no top-p), which is what a policy-gradient ratio needs; `top_logprobs` lists the most
+likely alternatives at each position when asked. Neither keeps a whole vocabulary's log-probabilities
+beyond the step they are read from. Samples of a sampled request depend on its seed and on
 the batch it was decoded in (one torch generator per batch), not on requests with other settings.
 
 The OpenAI-compatible endpoint (vLLM, TGI, llama.cpp, Ollama) lives in model/endpoint.py behind
@@ -35,6 +36,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int = 0
     n: int = 1  # samples of this request
+    logprobs: bool = False  # report each generated token's log-probability (what a policy-gradient ratio needs)
     top_logprobs: int = 0  # alternatives reported per generated token
 
     def __post_init__(self):
@@ -47,6 +49,13 @@ class Sampling:
     def batch_key(self) -> tuple:
         """What requests must share to be decoded in one batch."""
         return (self.temperature, self.top_p, self.stop, self.seed if self.temperature > 0 else 0)
+
+    def decoding(self) -> dict:
+        """transformers' generate arguments for this decoding: greedy, or sampling at a temperature and top-p
+        (top_k 0: transformers would otherwise cut sampling to its default 50 most likely tokens)."""
+        if self.temperature > 0:
+            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        return {"do_sample": False}
 
 
 @dataclass
@@ -79,6 +88,19 @@ def truncate_at_stop(text: str, stops) -> tuple[str, bool]:
     """The text before the first stop string, and whether one was found."""
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+JUDGE_API_KEY = "GRANITE_JUDGE_API_KEY"  # the environment variable an endpoint judge's key is read from
+
+
+def open_judge(spec: str, model: Optional[str] = None, **options):
+    """An LLM judge (filter's, eval's judged tasks): an endpoint needs --judge-model, and takes its key from the
+    environment, never from a flag that would land in shell history and lineage."""
+    import os
+
+    if spec.startswith(("http://", "https://")) and not model:
+        raise BadInput("an endpoint judge needs --judge-model NAME (the model the server serves)")
+    return open_engine(spec, model, api_key=os.environ.get(JUDGE_API_KEY), **options)
 
 
 def open_engine(spec: str, model: Optional[str] = None, *, device: str = "auto", batch_size: int = 16,
@@ -140,22 +162,20 @@ class LocalEngine:
 
         first = settings[0]
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        # top_k 0: transformers would otherwise cut sampling to its default 50 most likely tokens
-        sampling = ({"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
-                    if first.temperature > 0 else {"do_sample": False})
+        scored = any(s.logprobs or s.top_logprobs for s in settings)
         if first.temperature > 0:
             torch.manual_seed(first.seed + offset)
         with torch.no_grad():
             out = self.model.generate(
                 **encoded, max_new_tokens=max(s.max_new_tokens for s in settings), stop_strings=list(first.stop) or None,
                 tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                return_dict_in_generate=True, output_logits=True, **sampling)
+                return_dict_in_generate=True, output_logits=scored, **first.decoding())
         new = out.sequences[:, encoded["input_ids"].shape[1]:]
-        step_logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in out.logits], 1) if out.logits else None
-        return [self._completion(new[row], step_logprobs[row] if step_logprobs is not None else None, settings[row])
-                for row in range(len(prompts))]
+        chosen, top = _token_scores(out.logits, new, max(s.top_logprobs for s in settings)) if scored else (None, None)
+        return [self._completion(new[row], chosen, top, row, settings[row]) for row in range(len(prompts))]
 
-    def _completion(self, ids, step_logprobs, sampling: Sampling) -> Completion:
+    def _completion(self, ids, chosen, top, row: int, sampling: Sampling) -> Completion:
+        """One row of a decoded batch; `chosen` [B, T] and `top` ([B, T, k] values, indices) are the batch's scores."""
         ids = [int(t) for t in ids[:sampling.max_new_tokens]]
         ended = self.tokenizer.eos_token_id in ids
         if ended:
@@ -164,15 +184,13 @@ class LocalEngine:
         if stopped:  # keep the fewest tokens whose text covers the text before the stop string
             ids = ids[:next(k for k in range(len(ids) + 1)
                             if len(self.tokenizer.decode(ids[:k], skip_special_tokens=True)) >= len(text))]
-        logprobs = [float(step_logprobs[i, token]) for i, token in enumerate(ids)] if step_logprobs is not None else []
-        top = None
-        if sampling.top_logprobs and step_logprobs is not None:
-            top = []
-            for i in range(len(ids)):
-                values, indices = step_logprobs[i].topk(sampling.top_logprobs)
-                top.append({self.tokenizer.decode([int(j)]): float(v) for v, j in zip(values, indices)})
+        logprobs = chosen[row, :len(ids)].tolist() if sampling.logprobs else []
+        alternatives = None
+        if sampling.top_logprobs:
+            values, indices = top[0][row, :len(ids), :sampling.top_logprobs], top[1][row, :len(ids), :sampling.top_logprobs]
+            alternatives = [{self.tokenizer.decode([int(j)]): float(v) for v, j in zip(vs, js)} for vs, js in zip(values, indices)]
         finish = "length" if len(ids) >= sampling.max_new_tokens and not (ended or stopped) else "stop"
-        return Completion(text, ids, [self.tokenizer.decode([t]) for t in ids], logprobs, top, finish)
+        return Completion(text, ids, [self.tokenizer.decode([t]) for t in ids], logprobs, alternatives, finish)
 
     def stream(self, request: Request):
         """One sample of one request, yielded as text pieces as soon as they are decoded (for `granite chat`).
@@ -187,8 +205,6 @@ class LocalEngine:
         s = request.sampling
         inputs = self.tokenizer(self.prompt_text(request), return_tensors="pt", add_special_tokens=False).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = ({"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
-                    if s.temperature > 0 else {"do_sample": False})
         failure: list[BaseException] = []
 
         def generate():
@@ -198,7 +214,7 @@ class LocalEngine:
                     self.model.generate(**inputs, streamer=streamer, max_new_tokens=s.max_new_tokens,
                                         stop_strings=list(s.stop) or None, tokenizer=self.tokenizer,
                                         eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-                                        **sampling)
+                                        **s.decoding())
             except BaseException as err:  # handed to the reader below
                 failure.append(err)
                 streamer.end()
@@ -241,6 +257,23 @@ class LocalEngine:
                 scores = logprobs[r, positions]
                 results[index] = (float(scores.gather(1, targets[:, None]).sum()), bool((scores.argmax(-1) == targets).all()))
         return results
+
+
+def _token_scores(step_logits, new_ids, k: int):
+    """Each generated token's log-probability [B, T] and, for k > 0, the k most likely alternatives at each position
+    ([B, T, k] values and indices), reading one step's vocabulary at a time."""
+    import torch
+
+    chosen, values, indices = [], [], []
+    for t, logits in enumerate(step_logits):
+        logprobs = torch.log_softmax(logits.float(), -1)
+        chosen.append(logprobs.gather(1, new_ids[:, t:t + 1]).squeeze(1))
+        if k:
+            top = logprobs.topk(k, dim=-1)
+            values.append(top.values)
+            indices.append(top.indices)
+    top = (torch.stack(values, 1), torch.stack(indices, 1)) if k else None
+    return torch.stack(chosen, 1), top
 
 
 def _weights_digest(path: Path) -> str:

@@ -26,7 +26,7 @@ def test_a_batch_of_mixed_settings_gives_each_request_its_own(checkpoint):
 
 def test_logprobs_are_the_models_own(checkpoint):
     engine = LocalEngine(str(checkpoint), device="cpu")
-    [[completion]] = engine.generate([Request(prompt=PROMPTS[0], sampling=Sampling(max_new_tokens=8, temperature=1.0, seed=1))])
+    [[completion]] = engine.generate([Request(prompt=PROMPTS[0], sampling=Sampling(max_new_tokens=8, temperature=1.0, seed=1, logprobs=True))])
     prompt_ids = engine.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt_ids + completion.token_ids])
     with torch.no_grad():
@@ -40,7 +40,7 @@ def test_a_stop_string_ends_the_text_and_its_tokens(checkpoint):
     engine = LocalEngine(str(checkpoint), device="cpu")
     [[free]] = engine.generate([Request(prompt="Hello", sampling=Sampling(max_new_tokens=16))])
     assert free.finish_reason == "length" and len(free.token_ids) == 16
-    [[stopped]] = engine.generate([Request(prompt="Hello", sampling=Sampling(max_new_tokens=16, stop=("lolo",)))])
+    [[stopped]] = engine.generate([Request(prompt="Hello", sampling=Sampling(max_new_tokens=16, stop=("lolo",), logprobs=True))])
     assert stopped.finish_reason == "stop" and len(stopped.token_ids) < 16
     assert free.text.startswith(stopped.text) and "lolo" not in stopped.text
     assert engine.tokenizer.decode(stopped.token_ids, skip_special_tokens=True) == stopped.text

@@ -10,8 +10,9 @@ Each step (`step_on`): split the global batch across ranks and into micro-batche
 `TokenLogprobs` (chunked: no full-vocabulary logits); sum the loss and divide by the loss's
 denominator over the global batch (so accumulation and data parallelism give the gradient of one
 big batch); clip; set the LR from the schedule; step. A stage that makes its own batches (rl: several
-optimizer steps on one rollout batch) calls `step_on` itself; `logprobs` and `reference_logprobs`
-score a batch without gradients under the current policy and a frozen copy of the starting model.
+optimizer steps on one rollout batch) calls `step_on` itself; `logprobs(batch)` and
+`logprobs(batch, reference=True)` score a batch without gradients under the current policy and under a
+frozen copy of the starting model.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Trainer:
     save: Callable[[Path, dict, Optional[dict]], None]
     validation: Optional[Callable[[object], dict]] = None
     loss: Loss = field(default_factory=CrossEntropy)
-    reference: Optional[object] = None  # a frozen model (the stage's starting point) for reference_logprobs
+    reference: Optional[object] = None  # a frozen model (the stage's starting point) for logprobs(reference=True)
     step: int = 0
     tokens: int = 0  # tokens processed (inputs, padding included): what the schedule, throughput and MFU count
     trained_tokens: int = 0  # target tokens the loss was taken over

@@ -132,13 +132,9 @@ def make_judge(specs: list[TaskSpec], judge: Optional[str], judge_model: Optiona
         return None
     if not judge:
         raise BadInput(f"{', '.join(needing)} need a judge: --judge URL --judge-model NAME, or --judge MODEL_DIR")
-    import os
+    from model.generation import open_judge
 
-    from model.generation import open_engine
-
-    if judge.startswith(("http://", "https://")) and not judge_model:
-        raise BadInput("an endpoint judge needs --judge-model NAME (the model the server serves)")
-    return open_engine(judge, judge_model, device=device, concurrency=concurrency, api_key=os.environ.get("GRANITE_JUDGE_API_KEY"))
+    return open_judge(judge, judge_model, device=device, concurrency=concurrency)
 
 
 def default_stage(checkpoint: Optional[str]) -> str:

@@ -16,7 +16,6 @@ Settings come from the recipe's [filter] table; flags override them.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -225,12 +224,9 @@ def open_judge(spec: str, model, concurrency, timeout, retries, format_retries, 
                device: str) -> Optional[Judge]:
     if spec == "none":
         return None
-    from model.generation import open_engine
+    from model.generation import open_judge
 
-    if spec.startswith(("http://", "https://")) and not model:
-        raise BadInput("an endpoint judge needs --judge-model NAME (the model the server serves)")
-    backend = open_engine(spec, model, device=device, concurrency=concurrency, timeout=timeout, retries=retries,
-                          api_key=os.environ.get("GRANITE_JUDGE_API_KEY"))
+    backend = open_judge(spec, model, device=device, concurrency=concurrency, timeout=timeout, retries=retries)
     cache = JudgeCache(Path(cache_path) if cache_path else recipe.paths.filter_dir / "judge-cache.sqlite")
     return Judge(backend, cache, format_retries, logprobs)
 
