@@ -175,15 +175,16 @@ def encode_texts(backend, texts: list[str], piece_chars: int = PIECE_CHARS) -> l
     """Token ids of each text. A long text is encoded a piece at a time, cut where the pre-tokenizer splits anyway
     (BPE merges never cross a pre-token), so the ids equal encoding it whole while memory holds one piece's
     encoding: a tokenizer's encoding costs about 140 bytes a character."""
+    import numpy as np
+
     short = [i for i, text in enumerate(texts) if len(text) <= piece_chars]
     out: list = [None] * len(texts)
     for i, encoding in zip(short, backend.encode_batch_fast([texts[i] for i in short], add_special_tokens=False)):
         out[i] = encoding.ids
     for i in (i for i, text in enumerate(texts) if len(text) > piece_chars):
         pieces = pieces_for_encoding(backend, texts[i], piece_chars)
-        out[i] = [token for start in range(0, len(pieces), 8)
-                  for encoding in backend.encode_batch_fast(pieces[start:start + 8], add_special_tokens=False)
-                  for token in encoding.ids]
+        out[i] = np.concatenate([np.asarray(encoding.ids, dtype=np.int64) for start in range(0, len(pieces), 8)
+                                 for encoding in backend.encode_batch_fast(pieces[start:start + 8], add_special_tokens=False)])
     return out
 
 

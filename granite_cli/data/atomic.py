@@ -21,7 +21,8 @@ class OutputLock:
     exits, so a killed run never leaves it stuck. The file keeps the holder's pid for the message."""
 
     def __init__(self, final: Path):
-        self.path = Path(final).with_name(f".{Path(final).name}.lock")
+        self.final = Path(final)
+        self.path = self.final.with_name(f".{self.final.name}.lock")
         self.handle = None
 
     def __enter__(self) -> "OutputLock":
@@ -38,7 +39,7 @@ class OutputLock:
             holder = self.handle.read().strip() or "?"
             self.handle.close()
             raise BadInput(f"another run (pid {holder}) is writing this output now; wait for it to end, or choose "
-                           f"another output", str(final_of(self.path))) from None
+                           f"another output", str(self.final)) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(str(os.getpid()))
@@ -47,10 +48,6 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.handle.close()  # closing releases the flock
-
-
-def final_of(lock: Path) -> Path:
-    return lock.with_name(lock.name[1:].removesuffix(".lock"))
 
 
 def partial_directory(final: Path) -> Path:
