@@ -13,7 +13,7 @@ import typer
 import typer.core
 
 from granite_cli.errors import GraniteError, ReaderGone
-from stages import chat, info, mix, pretrain, recipe, sft, tokenize
+from stages import chat, info, mix, pretrain, recipe, rl, sft, tokenize
 from stages import eval as eval_stage
 from stages import filter as filter_stage
 
@@ -42,6 +42,7 @@ app.add_typer(tokenize.app, name="tokenize")
 app.command("pretrain")(pretrain.pretrain_command)
 app.add_typer(filter_stage.app, name="filter")
 app.command("sft")(sft.sft_command)
+app.command("rl")(rl.rl_command)
 app.command("info")(info.info_command)
 app.command("chat")(chat.chat_command)
 app.add_typer(eval_stage.app, name="eval")

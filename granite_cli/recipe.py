@@ -273,11 +273,17 @@ class RLSection:
     samples_per_prompt: int = spec(16, _integer, "completions sampled per prompt, the group of GRPO (IBM: 16)")
     prompts_per_step: int = spec(64, _integer, "prompts per rollout batch (IBM: 64 x 16 = 1024 completions)")
     max_context: int = spec(8192, _length, "prompt plus completion, in tokens (IBM: 8K)")
+    max_new_tokens: int = spec(0, _integer, "completion length cap (0: max_context minus the longest prompt; unpublished)")
     epsilon_low: float = spec(0.2, _number, "lower clip of the importance ratio (DAPO: 0.2)")
     epsilon_high: float = spec(0.28, _number, "upper clip, decoupled (DAPO: 0.28)")
     loss: str = spec("dapo", _text, "loss normalisation: dapo (token-level), grpo (per sequence) or dr_grpo")
     dynamic_sampling: bool = spec(False, _flag, "drop groups whose rewards are all equal and draw more (off: costly)")
     temperature: float = spec(1.0, _number, "rollout sampling temperature (unpublished)")
+    top_p: float = spec(1.0, _number, "rollout nucleus sampling (unpublished)")
+    heldout_fraction: float = spec(0.1, _number, "share of each stage's prompts (by a hash of the id) held out to evaluate it")
+    weight_decay: float = spec(0.0, _number, "AdamW weight decay (unpublished; TRL's default)")
+    betas: tuple = spec((0.9, 0.999), _pair, "AdamW betas (unpublished; torch's default)")
+    grad_clip: float = spec(1.0, _number, "gradient-norm clip (unpublished)")
     stages: list = spec([], None, "the four stages, in order")
 
 

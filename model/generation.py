@@ -131,12 +131,29 @@ class LocalEngine:
         # names the weights, not where they are: a judge cache keyed by it survives a moved run directory
         self.identity = f"local:{self.path.resolve().name}:{_weights_digest(self.path)}"
 
+    @classmethod
+    def of_model(cls, model, tokenizer, device, batch_size: int, name: str) -> "LocalEngine":
+        """An engine over a model in memory (rl samples from the policy it is training, whose weights change every step).
+
+        The caller keeps the model in eval mode while generating; the tokenizer is copied to pad on the left."""
+        import copy
+
+        engine = cls.__new__(cls)
+        engine.path, engine.name, engine.identity = None, name, f"in-memory:{name}"
+        engine.model, engine.device, engine.batch_size = model, device, batch_size
+        engine.tokenizer = copy.copy(tokenizer)
+        engine.tokenizer.padding_side = "left"
+        if engine.tokenizer.pad_token_id is None:
+            engine.tokenizer.pad_token = engine.tokenizer.eos_token
+        engine.max_length = getattr(model.config, "max_position_embeddings", 4096)
+        return engine
+
     def prompt_text(self, request: Request) -> str:
         if request.prompt is not None:
             return request.prompt
         if not self.tokenizer.chat_template:
             raise BadInput("the model's tokenizer has no chat template: give plain-text prompts, or use an SFT checkpoint",
-                           str(self.path))
+                           self.name)
         return self.tokenizer.apply_chat_template(request.messages, tools=request.tools, documents=request.documents,
                                                   tokenize=False, add_generation_prompt=True)
 

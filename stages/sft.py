@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import typer
 
 from granite_cli import options
 from granite_cli.console import console
+from granite_cli.data.packing import best_fit
 from granite_cli.errors import BadInput
 from granite_cli.training.logprobs import IGNORE
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
@@ -213,23 +213,6 @@ def is_validation(sample_id: str, fraction: float, seed: int) -> bool:
 
 
 # ------------------------------------------------------------------ packing
-def best_fit(lengths: list[int], capacity: int, order: np.ndarray) -> list[list[int]]:
-    """Best-fit decreasing: longest first, each into the fullest row it still fits; returns rows of indices."""
-    rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (space left, row index), sorted
-    for index in sorted(order.tolist(), key=lambda i: -lengths[i]):
-        position = bisect.bisect_left(free, (lengths[index], -1))
-        if position < len(free):
-            space, row = free.pop(position)
-        else:
-            space, row = capacity, len(rows)
-            rows.append([])
-        rows[row].append(index)
-        if space - lengths[index] > 0:
-            bisect.insort(free, (space - lengths[index], row))
-    return rows
-
-
 class PackedConversations:
     """The training batches: rows of packed conversations, a seeded row order per epoch; batch(s) is a pure function of s."""
 

@@ -15,7 +15,8 @@ from granite_cli.data.records import read_records
 from granite_cli.training.logprobs import TokenLogprobs
 from model.chat_format import ChatRenderer
 from model.chat_template import GRANITE_CHAT_TEMPLATE
-from stages.sft import Conversation, PackedConversations, best_fit, fit
+from granite_cli.data.packing import best_fit
+from stages.sft import Conversation, PackedConversations, fit
 
 TOOLS = [{"name": "get_weather", "description": "Weather for a city.",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},

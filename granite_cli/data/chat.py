@@ -60,8 +60,10 @@ def tool_call_arguments(call: dict):
     return arguments
 
 
-def schema_problems(sample: dict) -> list[str]:
-    """Roles, their order, a non-empty final assistant turn, tool results only after tool calls, well-formed calls."""
+def schema_problems(sample: dict, prompt: bool = False) -> list[str]:
+    """Roles, their order, a non-empty final assistant turn, tool results only after tool calls, well-formed calls.
+
+    prompt=True checks a prompt (eval's and rl's): it ends before the answer, with a user or tool turn."""
     messages = sample.get("messages")
     if not isinstance(messages, list) or not messages:
         return ["'messages' must be a non-empty list"]
@@ -76,8 +78,10 @@ def schema_problems(sample: dict) -> list[str]:
     turns = [m["role"] for m in messages if m["role"] != "system"]
     if not turns or turns[0] != "user":
         problems.append("the conversation does not start with a user turn")
-    if turns and turns[-1] != "assistant":
+    if turns and turns[-1] != "assistant" and not prompt:
         problems.append(f"the conversation ends with a {turns[-1]} turn, not an assistant turn")
+    if turns and turns[-1] == "assistant" and prompt:
+        problems.append("the prompt ends with an assistant turn: a prompt ends before the answer")
     for i in range(1, len(messages)):
         before, now = messages[i - 1], messages[i]
         if now["role"] == "tool" and not (before["role"] == "tool" or before.get("tool_calls")):

@@ -15,6 +15,7 @@ discards it. The final checkpoint carries the trainer state and a lineage entry.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import inspect
@@ -73,11 +74,16 @@ _OPTIONS = {
 assert list(_OPTIONS) == [f.name for f in fields(TrainingFlags)]
 
 
-def training_command(command: Callable) -> Callable:
-    """Give a Typer command the shared training options; it receives them as one `flags: TrainingFlags` argument."""
+def training_command(command: Optional[Callable] = None, **defaults) -> Callable:
+    """Give a Typer command the shared training options; it receives them as one `flags: TrainingFlags` argument.
+
+    `@training_command(log_every=1)` changes a shared option's default for one stage (rl logs every step)."""
+    if command is None:
+        return functools.partial(training_command, **defaults)
     signature = inspect.signature(command)
     own = [p for p in signature.parameters.values() if p.name != "flags"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_with_default(option, defaults.get(name)),
+                                annotation=kind)
               for name, (kind, option) in _OPTIONS.items()]
 
     @functools.wraps(command)
@@ -89,6 +95,14 @@ def training_command(command: Callable) -> Callable:
     wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "flags"},
                                **{name: kind for name, (kind, _) in _OPTIONS.items()}}
     return wrapper
+
+
+def _with_default(option, default):
+    if default is None:
+        return option
+    changed = copy.copy(option)
+    changed.default = default
+    return changed
 
 
 class TrainingRun:
@@ -179,8 +193,12 @@ class TrainingRun:
             with atomic_path(recorded) as tmp:
                 tmp.write_text(json.dumps(now, indent=2))
 
-    def finish(self, trainer, summary: dict, arguments: dict, inputs: list[dict]) -> dict:
-        """Write the final checkpoint with its lineage entry, publish it under `out`; every rank waits for it."""
+    def finish(self, trainer, summary: dict, arguments: dict, inputs: list[dict], results: Optional[dict] = None,
+               files: Optional[dict[str, str]] = None) -> dict:
+        """Write the final checkpoint with its lineage entry, publish it under `out`; every rank waits for it.
+
+        `results` join the lineage entry's metrics (rl's held-out rewards); `files` ({name: text}) are written into
+        the checkpoint beside it (rl's per-prompt held-out scores)."""
         from granite_cli.training import distributed
         from model.checkpoint import lineage_entry, save_checkpoint
 
@@ -188,10 +206,13 @@ class TrainingRun:
         state = trainer.trainer_state()
         metrics = {k: v for k, v in summary.items() if k in ("loss", "val_loss", "val_bpb", "tokens_per_second", "mfu", "wall_seconds")}
         metrics.update(tokens=trainer.tokens, trained_tokens=trainer.trained_tokens, steps=trainer.step, final_lr=trainer.last_lr)
+        metrics.update(results or {})
         if trainer.dist.main:
             entry = lineage_entry(self.stage, {**arguments, "seed": self.flags.seed}, inputs, metrics)
             final = self.workdir / "final"
             save_checkpoint(final, model_state, trainer.model.config, self.tokenizer_dir, self.lineage + [entry], state)
+            for name, text in (files or {}).items():
+                (final / name).write_text(text)
             if (self.workdir / "metrics.jsonl").exists():
                 (self.workdir / "metrics.jsonl").rename(final / "metrics.jsonl")
             publish(final, self.out)

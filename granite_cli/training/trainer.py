@@ -38,7 +38,10 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 class BatchSource(Protocol):
     def batch(self, step: int) -> dict:
         """The global batch of `step`: {"input_ids": [B, T], "labels": [B, T], optional "position_ids"} plus
-            whatever else the loss reads, every value a tensor with B rows."""
+            whatever else the loss reads, every value a tensor with B rows.
+
+        A source may also have `report() -> dict`: metrics of its own (rl's rewards and rollout timings) that the
+        trainer adds to each metrics line."""
 
 
 @dataclass
@@ -121,7 +124,8 @@ class Trainer:
                 if self.step % s.log_every == 0 or self.step == s.steps:
                     elapsed = time.perf_counter() - window_start
                     last = self.log({"step": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
-                                     **result, "lr": self.last_lr, **self.speed(window_tokens, elapsed)})
+                                     **result, "lr": self.last_lr, **self.speed(window_tokens, elapsed),
+                                     **(self.train.report() if hasattr(self.train, "report") else {})})
                     window_start, window_tokens = time.perf_counter(), 0
                     bar.update(task, rate=f"loss {result['loss']:.3f}  lr {self.last_lr:.2e}  {last['tokens_per_second']:,.0f} tok/s")
                 if self.validation and (self.step == s.steps or (s.eval_every and self.step % s.eval_every == 0)):
@@ -175,20 +179,24 @@ class Trainer:
         return {**{name: float(value) / denominator for name, value in zip(sums, totals)},
                 "grad_norm": float(grad_norm), "tokens_processed": n_tokens}
 
-    def logprobs(self, batch: dict, reference: bool = False):
+    def logprobs(self, batch: dict, reference: bool = False, entropy: bool = False):
         """Per-token log-probabilities of a batch's labels (0 where there is none), without gradients, on the CPU:
-        the current policy's, or the frozen reference model's with reference=True."""
+        the current policy's, or the frozen reference model's with reference=True; with entropy=True, the pair
+        (log-probabilities, entropy of each position's distribution)."""
         import torch
 
         if reference and self.reference is None:
             raise ValueError("this trainer holds no reference model")
         scorer = self.reference if reference else self.wrapped
-        rows = []
+        rows, entropies = [], []
         with torch.no_grad(), self.autocast():
             for start in range(0, len(batch["input_ids"]), self.settings.micro_batch):
                 micro = {k: v[start:start + self.settings.micro_batch].to(self.dist.device) for k, v in batch.items()}
-                rows.append(scorer(micro["input_ids"], micro["labels"], micro.get("position_ids"))[0].float().cpu())
-        return torch.cat(rows)
+                logprobs, ent = scorer(micro["input_ids"], micro["labels"], micro.get("position_ids"), entropy=entropy)
+                rows.append(logprobs.float().cpu())
+                if entropy:
+                    entropies.append(ent.float().cpu())
+        return (torch.cat(rows), torch.cat(entropies)) if entropy else torch.cat(rows)
 
     def position(self) -> float:
         """Where the schedule is: tokens (or steps) since the first run of the lineage."""

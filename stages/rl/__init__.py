@@ -1,0 +1,267 @@
+"""granite rl: on-policy GRPO with the DAPO loss over verified rewards, one recipe stage at a time.
+
+    granite rl --stage 1 [PROMPTS ...] [--init-from CKPT] [-o CKPT]
+
+1. settings: the recipe's [rl] table (IBM: G=16, 64 prompts a step, 8K context, DAPO's token-level loss and
+   0.2/0.28 clip) and its [[rl.stages]] entry (data, LR, KL beta, steps); flags win.
+2. prompts (prompts.py): RL prompts checked before training (an unknown verifier is FILE:LINE, exit 2); a fixed
+   share held out; reward-model prompts left out, counted, until the stage has a reward model.
+3. model: the starting checkpoint (stage 1: sft; stage N: rl-stage-(N-1)) is the policy, and a frozen copy is
+   the KL reference (none with --beta 0).
+4. train: the shared loop (granite_cli/training/) with rollouts (rollouts.py) as its batch source and the
+   policy loss (objective.py); `--updates-per-batch` optimizer steps per rollout batch; exact resume.
+5. evaluate (heldout.py): the held-out prompts answered greedily before and after, per domain, with a paired
+   bootstrap interval; the table goes to the lineage and heldout.jsonl into the checkpoint.
+
+Where this departs from the papers:
+- The group std is the unbiased one plus 1e-6 (TRL and verl do the same; the GRPO paper does not say).
+- The old policy's log-probabilities are recomputed by the trainer's forward after generation, not taken from
+  the sampler, so the first update's ratio is exactly 1 (the sampler's numbers can differ slightly).
+- Transformers' `generate` prefills each of the G samples of a prompt separately (it repeats the prompt
+  before prefill): the KV cache is not shared across a group. vLLM shares it; the in-process sampler does not.
+- Rollouts from an external vLLM/OpenAI server with weight pushes and truncated importance sampling are not
+  built: every process samples in-process, and under torchrun every rank generates the whole step's rollouts.
+- The zero-variance and truncated masks, the entropy bonus and the top-entropy mask are off by default, as in
+  the recipe; the overlong penalty is DAPO's linear one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from granite_cli import options
+from granite_cli.console import console
+from granite_cli.errors import BadInput
+from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
+
+SCALE_REWARDS = ("group", "none")
+
+
+@training_command(log_every=1)
+def rl_command(
+    data: Optional[list[str]] = typer.Argument(None, help="RL prompt files (docs/design.md, contract 3). Default: the "
+                                                          "stage's `data` in the recipe."),
+    stage: int = typer.Option(1, "--stage", help="Which of the recipe's rl stages to run (its number, 1-4)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint directory. Default: "
+                                                                      "<run-dir>/checkpoints/rl-stage-N."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="The starting checkpoint (and KL reference). Default: "
+                                                                      "<run-dir>/checkpoints/sft for stage 1, rl-stage-(N-1) after."),
+    recipe: Optional[str] = options.RecipeOption,
+    run_dir: Optional[str] = options.RunDirOption,
+    steps: Optional[int] = typer.Option(None, "--steps", help="Rollout steps. Recipe default (the stage's `steps`; 0 there: "
+                                                              "one pass over the training prompts)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate, constant. Recipe default (IBM: 5e-7 or 3e-7)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="KL coefficient to the starting model, k3 estimator; 0 keeps no "
+                                                              "reference model in memory. Recipe default (IBM: 0.05 or 0.09)."),
+    samples_per_prompt: Optional[int] = typer.Option(None, "--samples-per-prompt", "-G", help="Completions per prompt, the "
+                                                     "GRPO group. Recipe default (IBM: 16)."),
+    prompts_per_step: Optional[int] = typer.Option(None, "--prompts-per-step", help="Prompts per rollout batch. Recipe "
+                                                   "default (IBM: 64)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="Prompt plus completion, in tokens; longer prompts "
+                                              "are left out, counted. Recipe default (IBM: 8192)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Completion length cap. Recipe default "
+                                                 "(0: max context minus the longest prompt)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature. Recipe default (1.0)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Rollout nucleus sampling. Recipe default (1.0)."),
+    epsilon_low: Optional[float] = typer.Option(None, "--epsilon-low", help="Lower clip of the ratio. Recipe default (DAPO: 0.2)."),
+    epsilon_high: Optional[float] = typer.Option(None, "--epsilon-high", help="Upper clip of the ratio, decoupled. Recipe "
+                                                 "default (DAPO: 0.28)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Normalisation: dapo (over the batch's tokens), grpo (per "
+                                       "sequence, then over sequences) or dr_grpo (a constant). Recipe default (dapo)."),
+    scale_rewards: str = typer.Option("group", "--scale-rewards", help="group: advantages divided by the group's std "
+                                      "(GRPO); none: only centred (Dr. GRPO)."),
+    updates_per_batch: int = typer.Option(1, "--updates-per-batch", help="Optimizer steps (mini-batches) per rollout "
+                                          "batch; above 1 the ratio moves off 1 and the clip acts (IBM: unpublished)."),
+    overlong_buffer: int = typer.Option(0, "--overlong-buffer", help="DAPO's soft overlong penalty over the last N tokens "
+                                        "of the completion budget (0: off, as in the recipe)."),
+    overlong_penalty: float = typer.Option(1.0, "--overlong-penalty", help="The penalty at the budget's end (DAPO: 1)."),
+    dynamic_sampling: Optional[bool] = typer.Option(None, "--dynamic-sampling/--no-dynamic-sampling", help="Drop groups whose "
+                                                    "rewards are all equal and draw more prompts. Recipe default (off: costly)."),
+    max_draws: int = typer.Option(3, "--max-draws", help="With dynamic sampling: rollout rounds per step at most."),
+    mask_truncated: bool = typer.Option(False, "--mask-truncated", help="Leave completions cut at --max-new-tokens out of the loss."),
+    skip_zero_variance: bool = typer.Option(False, "--skip-zero-variance", help="Leave groups whose rewards are all equal out "
+                                            "of the loss and its denominator (their advantage is 0; only the KL term remains)."),
+    entropy_coef: float = typer.Option(0.0, "--entropy-coef", help="Entropy bonus in the loss (0: off)."),
+    top_entropy: float = typer.Option(1.0, "--top-entropy", help="Train only on this share of completion tokens, those where "
+                                      "the policy's entropy is highest (1: all; 0.2 in 'Beyond the 80/20 rule')."),
+    heldout_fraction: Optional[float] = typer.Option(None, "--heldout-fraction", help="Share of prompts held out to evaluate "
+                                                     "the stage (0: no evaluation). Recipe default (0.1)."),
+    verifier_workers: int = typer.Option(4, "--verifier-workers", help="Verifiers (code, SQL) running at once."),
+    verifier_timeout: float = typer.Option(30.0, "--verifier-timeout", help="Seconds a verifier may take; past it the reward "
+                                           "is 0, counted."),
+    allow_unsafe_code: bool = typer.Option(False, "--allow-unsafe-code", help="Run code prompts' tests without a sandbox where "
+                                           "none can be made (never on a shared machine)."),
+    on_error: str = options.OnErrorOption,
+    flags: TrainingFlags = None,
+) -> None:
+    """Reinforcement learning from verified rewards: GRPO with the DAPO loss, one recipe stage at a time."""
+    from granite_cli.data.records import ErrorPolicy
+    from granite_cli.recipe import load_recipe
+    from granite_cli.rundir import resolve_init
+    from granite_cli.training.schedules import build_schedule
+    from stages.rl import heldout
+    from stages.rl.objective import NORMALISATIONS, PolicyLoss
+    from stages.rl.prompts import load_prompts
+    from stages.rl.rollouts import RolloutSettings, Rollouts
+
+    loaded = load_recipe(recipe, run_dir)
+    table = loaded.rl
+    entry = next((s for s in table.stages if s.number == stage), None)
+    if entry is None:
+        raise BadInput(f"the recipe has no [[rl.stages]] entry number {stage} (it has: "
+                       f"{', '.join(str(s.number) for s in table.stages) or 'none'})")
+    if entry.reward == "reward_model":
+        raise BadInput(f"rl stage {stage} ({entry.name}) is scored by a reward model, which `granite rl` cannot train or "
+                       f"load yet: run the verifier stages (1, 3, 4)")
+    normalisation = loss or table.loss
+    if normalisation not in NORMALISATIONS:
+        raise BadInput(f"--loss must be one of {', '.join(NORMALISATIONS)}")
+    if scale_rewards not in SCALE_REWARDS:
+        raise BadInput(f"--scale-rewards must be one of {', '.join(SCALE_REWARDS)}")
+    if updates_per_batch < 1 or not 0 < top_entropy <= 1:
+        raise BadInput("--updates-per-batch must be at least 1 and --top-entropy in (0, 1]")
+    if flags.parallel == "fsdp":
+        raise BadInput("rl samples with the unsharded policy: run it with --parallel ddp")
+    kl = beta if beta is not None else entry.beta
+    group = samples_per_prompt or table.samples_per_prompt
+    per_step = prompts_per_step or table.prompts_per_step
+    context = max_context or table.max_context
+    paths = list(data) if data else entry.data
+    out = Path(output) if output else loaded.paths.checkpoint(f"rl-stage-{stage}")
+    default_parent = loaded.paths.checkpoint("sft" if stage == table.stages[0].number else
+                                             f"rl-stage-{max(s.number for s in table.stages if s.number < stage)}")
+    parent = resolve_init(init_from, default_parent,
+                          f"no finished checkpoint at {default_parent}: run the stage before, or pass --init-from CKPT")
+    if parent is None:
+        raise BadInput("rl starts from a trained chat model: --init-from none is not allowed")
+    tokenizer = chat_tokenizer(parent)
+    policy = ErrorPolicy(on_error)
+    fraction = heldout_fraction if heldout_fraction is not None else table.heldout_fraction
+    train_prompts, heldout_prompts, counts = load_prompts(paths, policy, fraction, reward_model=False)
+    policy.report()
+    if any(p.verifier["type"] == "code" for p in train_prompts + heldout_prompts):
+        from granite_cli.verify.sandbox import require_isolation
+
+        require_isolation(allow_unsafe_code)
+    with TrainingRun(f"rl-stage-{stage}", out, flags) as run:
+        tokenizer_dir = run.workdir / "tokenizer"
+        if run.dist.main:
+            tokenizer.save_pretrained(str(tokenizer_dir))
+        model, reference, lineage = policy_and_reference(parent, kl, flags.seed)
+        engine = policy_engine(model, tokenizer, run.dist.device, group * per_step)
+        new_tokens = fit_prompts(train_prompts, heldout_prompts, engine, tokenizer, context,
+                                 max_new_tokens if max_new_tokens is not None else table.max_new_tokens, counts)
+        n_steps = steps if steps is not None else (entry.steps or math.ceil(len(train_prompts) / per_step))
+        rows_multiple = flags.micro_batch * run.dist.world
+        peak_lr = lr if lr is not None else entry.lr
+        schedule = build_schedule({"name": "constant"}, peak_lr, n_steps * updates_per_batch)
+        settings = run.settings(schedule, table, offset=0, n_steps=n_steps * updates_per_batch, global_batch=rows_multiple,
+                                seq=context, model=model)
+        settings.schedule_unit = "steps"
+        settings.log_every = flags.log_every * updates_per_batch  # in rollout steps, like every rl flag
+        settings.checkpoint_every = flags.checkpoint_every * updates_per_batch  # a checkpoint never splits a rollout batch
+        rollouts = Rollouts(train_prompts, RolloutSettings(
+            samples_per_prompt=group, prompts_per_step=per_step, max_new_tokens=new_tokens,
+            temperature=temperature if temperature is not None else table.temperature,
+            top_p=top_p if top_p is not None else table.top_p, updates_per_batch=updates_per_batch, pack_len=context,
+            rows_multiple=rows_multiple, seed=flags.seed, normalisation=normalisation, scale_rewards=scale_rewards == "group",
+            overlong_buffer=overlong_buffer, overlong_penalty=overlong_penalty,
+            dynamic_sampling=dynamic_sampling if dynamic_sampling is not None else table.dynamic_sampling,
+            max_draws=max_draws, mask_truncated=mask_truncated, skip_zero_variance=skip_zero_variance,
+            top_entropy=top_entropy, reference=kl > 0, verifier_workers=verifier_workers,
+            verifier_timeout=verifier_timeout), tokenizer.eos_token_id, tokenizer.pad_token_id)
+        objective = PolicyLoss(normalisation, epsilon_low if epsilon_low is not None else table.epsilon_low,
+                               epsilon_high if epsilon_high is not None else table.epsilon_high, kl, entropy_coef, new_tokens)
+        trainer = run.trainer(model, settings, rollouts, tokenizer_dir, lineage, loss=objective, reference=reference)
+        rollouts.attach(trainer, engine)
+        console.print(f"rl stage {stage} ({entry.name}) from {parent}: {n_steps} steps x {per_step} prompts x {group} samples, "
+                      f"up to {new_tokens} new tokens, loss {normalisation}, lr {peak_lr:g}, beta {kl:g}; prompts: "
+                      f"{dict(counts)}; {settings.precision}, {run.dist.world} process(es) on {run.dist.device}")
+
+        def evaluate():
+            return heldout.answer(engine, heldout_prompts, new_tokens, verifier_workers, verifier_timeout, trainer.autocast)
+
+        before = cached(run.workdir / "heldout-start.json", evaluate) if heldout_prompts else []
+        summary = run.train(trainer)
+        results, files = {}, {}
+        if heldout_prompts:
+            after = evaluate()
+            comparison = heldout.compare(before, after, flags.seed)
+            console.print(heldout.show(comparison, f"held-out reward, rl stage {stage} ({entry.name}): start -> trained"))
+            results, files = {"heldout_reward": comparison}, {"heldout.jsonl": heldout.rows_jsonl(before, after)}
+        run.finish(trainer, summary, {
+            "recipe": loaded.name, "stage": stage, "name": entry.name, "steps": n_steps, "lr": peak_lr, "beta": kl,
+            "samples_per_prompt": group, "prompts_per_step": per_step, "max_context": context, "max_new_tokens": new_tokens,
+            "loss": normalisation, "scale_rewards": scale_rewards, "updates_per_batch": updates_per_batch,
+            "prompts": dict(counts), "command": sys.argv,
+        }, [input_record(Path(p)) for p in paths], results=results, files=files)
+
+
+# ------------------------------------------------------------------ inputs
+def chat_tokenizer(parent: Path):
+    from granite_cli.data.tokenizer_io import load_tokenizer
+
+    tokenizer = load_tokenizer(str(parent))
+    if not tokenizer.chat_template:
+        raise BadInput("the checkpoint has no chat template: rl starts from a chat model (run `granite sft` first)", str(parent))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def policy_and_reference(parent: Path, beta: float, seed: int):
+    """The policy (fp32 weights of the starting checkpoint), its frozen copy when beta > 0, and the lineage."""
+    import copy
+
+    import torch
+
+    from model.checkpoint import load_model, read_lineage
+
+    torch.manual_seed(seed)
+    model = load_model(parent, dtype=torch.float32)
+    return model, (copy.deepcopy(model) if beta > 0 else None), read_lineage(parent)
+
+
+def policy_engine(model, tokenizer, device, batch_size: int):
+    from model.generation import LocalEngine
+
+    model.to(device)
+    return LocalEngine.of_model(model, tokenizer, device, batch_size=batch_size, name="policy")
+
+
+def fit_prompts(train, heldout, engine, tokenizer, context: int, max_new_tokens: int, counts) -> int:
+    """Tokenize every prompt; the completion budget (given, or what the longest prompt leaves); prompts that leave
+    no room for it are left out, counted. Returns the completion budget."""
+    from stages.rl.prompts import tokenize
+
+    tokenize(train + heldout, engine.prompt_text, tokenizer)
+    longest = max(len(p.ids) for p in train + heldout)
+    budget = max_new_tokens or context - longest
+    if budget < 1 or budget >= context:
+        raise BadInput(f"no room for completions: max context {context}, longest prompt {longest} tokens, "
+                       f"max new tokens {max_new_tokens}")
+    for pool, name in ((train, "train"), (heldout, "heldout")):
+        kept = [p for p in pool if len(p.ids) + budget <= context]
+        if len(kept) < len(pool):
+            counts[f"left_out_too_long_{name}"] += len(pool) - len(kept)
+            counts[name] -= len(pool) - len(kept)
+            pool[:] = kept
+    if not train:
+        raise BadInput(f"every training prompt is longer than max context {context} minus {budget} new tokens")
+    return budget
+
+
+def cached(path: Path, compute):
+    """The starting model's held-out answers, kept in the run's work directory: a resumed run does not redo them
+    (the weights have moved by then)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.write_text(json.dumps(value))
+    return value

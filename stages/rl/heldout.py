@@ -1,0 +1,65 @@
+"""The stage's evaluation: its held-out prompts answered greedily by the starting model and by the trained one,
+scored by the same verifiers as training, compared per domain with a paired bootstrap interval.
+
+Greedy decoding (not the rollouts' sampling) so that the comparison measures the policy, not sampling noise;
+each prompt is answered once by each model, so the interval comes from resampling prompts, pairs kept together.
+"""
+
+from __future__ import annotations
+
+import json
+
+from granite_cli.stats import paired_bootstrap
+from stages.rl.prompts import Prompt
+from stages.rl.rewards import score
+
+
+def answer(engine, prompts: list[Prompt], max_new_tokens: int, workers: int, timeout: float, autocast) -> list[dict]:
+    """One greedy answer per prompt, with its reward: [{id, domain, reward, response}]."""
+    from model.generation import Request, Sampling
+
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    was_training = engine.model.training
+    engine.model.eval()
+    with autocast():
+        results = engine.generate([Request(messages=p.messages, tools=p.tools, sampling=sampling) for p in prompts])
+    engine.model.train(was_training)
+    texts = [completions[0].text for completions in results]
+    rewards, _ = score(texts, [p.verifier for p in prompts], workers, timeout)
+    return [{"id": p.id, "domain": p.domain, "reward": r, "response": t} for p, r, t in zip(prompts, rewards, texts)]
+
+
+def compare(before: list[dict], after: list[dict], seed: int) -> dict:
+    """Per domain (and "all"): n, mean reward before and after, the change and its 95% paired bootstrap interval."""
+    if [b["id"] for b in before] != [a["id"] for a in after]:
+        raise ValueError("before and after must answer the same prompts in the same order")
+    domains: dict[str, list[int]] = {"all": list(range(len(before)))}
+    for i, row in enumerate(before):
+        domains.setdefault(row["domain"], []).append(i)
+    table = {}
+    for domain in ["all"] + sorted(d for d in domains if d != "all"):
+        old = [before[i]["reward"] for i in domains[domain]]
+        new = [after[i]["reward"] for i in domains[domain]]
+        change, low, high = paired_bootstrap(old, new, seed)
+        table[domain] = {"n": len(old), "before": sum(old) / len(old), "after": sum(new) / len(new),
+                         "change": change, "ci_low": low, "ci_high": high}
+    return table
+
+
+def show(table: dict, title: str):
+    from rich.table import Table
+
+    view = Table(title=title)
+    for column in ("domain", "n", "before", "after", "change", "95% interval"):
+        view.add_column(column, justify="left" if column == "domain" else "right")
+    for domain, row in table.items():
+        view.add_row(domain, str(row["n"]), f"{row['before']:.3f}", f"{row['after']:.3f}", f"{row['change']:+.3f}",
+                     f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
+    return view
+
+
+def rows_jsonl(before: list[dict], after: list[dict]) -> str:
+    """The per-prompt record kept in the checkpoint (heldout.jsonl): both answers and both rewards."""
+    return "".join(json.dumps({"id": b["id"], "domain": b["domain"], "reward_before": b["reward"], "reward_after": a["reward"],
+                               "response_before": b["response"], "response_after": a["response"]}) + "\n"
+                   for b, a in zip(before, after))
