@@ -56,7 +56,10 @@ all: install eval-data
 	  -o runs/$(RECIPE)/filter/kept.jsonl.zst --audit runs/$(RECIPE)/filter/audit.jsonl
 	$(GRANITE) sft --recipe $(RECIPE) --overwrite
 	$(GRANITE) eval runs/$(RECIPE)/checkpoints/sft --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
-	$(GRANITE) info runs/$(RECIPE)/checkpoints/sft
+	# RL stage 1 (multi-domain, verifier rewards) from the SFT model; it prints its held-out reward per domain
+	$(GRANITE) rl --stage 1 --recipe $(RECIPE) --overwrite
+	$(GRANITE) eval runs/$(RECIPE)/checkpoints/rl-stage-1 --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
+	$(GRANITE) info runs/$(RECIPE)/checkpoints/rl-stage-1
 	$(GRANITE) eval table --recipe $(RECIPE)
 
 # Side-by-side measurements with the tools a user would otherwise pick (their packages are installed here only).
@@ -72,6 +75,7 @@ bench: install
 	$(PY) benchmarks/bench_filter.py
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_sandbox.py
+	$(PY) benchmarks/bench_rl.py
 
 clean:
 	rm -rf runs .pytest_cache

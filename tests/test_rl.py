@@ -68,6 +68,21 @@ def test_policy_gradient_pushes_up_good_tokens_and_down_bad_ones():
     assert logprobs.grad[0, 0] < 0 < logprobs.grad[0, 1]  # descending the loss raises the good token, lowers the bad
 
 
+def test_one_update_per_batch_needs_no_old_policy_pass():
+    """Without old log-probabilities the loss takes the current ones: the same value and gradient as a ratio of 1."""
+    loss = PolicyLoss("dapo", 0.2, 0.28, beta=0.0)
+    results = []
+    for with_old in (True, False):
+        logprobs = torch.tensor([[-2.0, -1.0, -3.0]], requires_grad=True)
+        micro = {"advantages": torch.tensor([[1.0, -0.5, 2.0]]), "loss_mask": torch.ones(1, 3), "token_weight": torch.ones(1, 3)}
+        if with_old:
+            micro["old_logprobs"] = logprobs.detach().clone()
+        total, _ = loss(logprobs, torch.zeros(1, 3), micro)
+        total.backward()
+        results.append((float(total), logprobs.grad.clone()))
+    assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
+
+
 def test_group_advantages_and_overlong_penalty():
     advantages, zero = group_advantages(np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
     unbiased_std = math.sqrt(1 / 3)
@@ -204,7 +219,7 @@ def test_rl_raises_the_reward_and_logs_every_step(rl_run):
                 "seconds_generation", "seconds_reward", "seconds_scoring", "seconds_update"):
         assert key in lines[-1], key
     entry = json.loads((out / "lineage.json").read_text())[-1]
-    assert entry["stage"] == "rl-stage-1"
+    assert entry["stage"] == "rl" and entry["arguments"]["stage"] == 1
     assert entry["arguments"]["prompts"]["left_out_needs_reward_model"] == 1  # chat waits for the reward model
     table = entry["metrics"]["heldout_reward"]
     assert table["all"]["n"] == len((out / "heldout.jsonl").read_text().splitlines()) > 0

@@ -111,3 +111,31 @@ def test_a_loss_is_a_component_and_one_batch_takes_several_optimizer_steps(tmp_p
 def test_a_metric_of_the_loss_is_reported(tmp_path):
     result = make_trainer(tmp_path, loss=RowWeighted()).step_on({**batch_of(), "weight": torch.ones(4)})
     assert result["entropy"] > 0 and result["grad_norm"] > 0
+
+
+def test_only_labelled_positions_are_projected_and_the_rest_score_zero():
+    """Scoring a subset of positions gives the same log-probabilities and gradients as scoring all of them."""
+    import torch
+
+    from granite_cli.training.logprobs import IGNORE, chunked_logprobs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 6))
+    masked = labels.clone()
+    masked[0, :3] = IGNORE
+    masked[1, 4:] = IGNORE
+    full, full_entropy = chunked_logprobs(hidden, weight, labels, 0.5, 4, entropy=True)
+    some, some_entropy = chunked_logprobs(hidden, weight, masked, 0.5, 4, entropy=True)
+    keep = masked != IGNORE
+    torch.testing.assert_close(some[keep], full[keep])
+    torch.testing.assert_close(some_entropy[keep], full_entropy[keep])
+    assert not some[~keep].any() and not some_entropy[~keep].any()
+    (some * keep).sum().backward()
+    grad_some = hidden.grad.clone()
+    hidden.grad = None
+    (full * keep).sum().backward()
+    torch.testing.assert_close(grad_some, hidden.grad)
+    nothing, _ = chunked_logprobs(hidden, weight, torch.full_like(labels, IGNORE), 0.5, 4)
+    assert not nothing.any()

@@ -50,9 +50,23 @@ class TokenLogprobs(torch.nn.Module):
 
 
 def chunked_logprobs(hidden, weight, labels, scale: float, chunk_tokens: int, entropy: bool = False):
-    """log p(labels) from final hidden states [B, T, H] and the output projection [V, H], chunk by chunk."""
+    """log p(labels) from final hidden states [B, T, H] and the output projection [V, H], chunk by chunk.
+
+    Only positions with a label are projected: sft's prompts and rl's prompts carry none, and for a small model the
+    projection onto the vocabulary is most of the compute."""
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
+    labelled = flat_labels != IGNORE
+    if not bool(labelled.any()):  # nothing to score (a padding row): zeros that still depend on the graph
+        zeros = (hidden.sum() * 0).expand(labels.shape).to(torch.float32)
+        return zeros, (zeros if entropy else None)
+    if not bool(labelled.all()):
+        where = labelled.nonzero().squeeze(1)
+        logp, ent = chunked_logprobs(flat_hidden[where][None], weight, flat_labels[where][None], scale, chunk_tokens, entropy)
+        full = torch.zeros(flat_labels.shape, dtype=logp.dtype, device=logp.device).index_copy(0, where, logp[0])
+        full_entropy = (torch.zeros(flat_labels.shape, dtype=ent.dtype, device=ent.device).index_copy(0, where, ent[0])
+                        if entropy else None)
+        return full.view(labels.shape), (full_entropy.view(labels.shape) if entropy else None)
     pieces, entropies = [], []
     several = flat_labels.numel() > chunk_tokens  # one chunk is the whole batch: nothing to save by recomputing it
     for start in range(0, flat_labels.numel(), chunk_tokens):

@@ -146,15 +146,15 @@ class Trainer:
         if targets == 0 or denominator <= 0:
             raise BadInput(f"step {self.step}: the batch has no target tokens")
         rows = len(batch["input_ids"]) // self.dist.world
-        micro_batch = min(s.micro_batch, rows)
-        if rows % micro_batch or rows * self.dist.world != len(batch["input_ids"]):
-            raise BadInput(f"a batch of {len(batch['input_ids'])} rows does not split into {self.dist.world} process(es) "
-                           f"x micro-batches of {micro_batch}")
+        if rows * self.dist.world != len(batch["input_ids"]):
+            raise BadInput(f"a batch of {len(batch['input_ids'])} rows does not split into {self.dist.world} process(es)")
         mine = {k: v[self.dist.rank * rows:(self.dist.rank + 1) * rows] for k, v in batch.items()}
-        micro_steps = rows // micro_batch
+        # the last micro-batch may be shorter (rl's packed batches vary in rows): the loss is a sum over the global
+        # batch divided once by its denominator, so how rows group into micro-batches changes nothing
+        micro_steps = math.ceil(rows / s.micro_batch)
         sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.dist.device)}
         for i in range(micro_steps):
-            micro = {k: v[i * micro_batch:(i + 1) * micro_batch].to(self.dist.device) for k, v in mine.items()}
+            micro = {k: v[i * s.micro_batch:(i + 1) * s.micro_batch].to(self.dist.device) for k, v in mine.items()}
             with distributed.no_sync(self.wrapped, sync=i == micro_steps - 1), self.autocast():
                 logprobs, entropy = self.forward(micro["input_ids"], micro["labels"], micro.get("position_ids"),
                                                  entropy=self.loss.wants_entropy)

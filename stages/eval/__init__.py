@@ -144,8 +144,9 @@ def default_stage(checkpoint: Optional[str]) -> str:
     if not lineage:
         return Path(checkpoint).name if checkpoint else "endpoint"
     last = lineage[-1]
-    phase = last.get("arguments", {}).get("phase")
-    return f"{last['stage']}" + (f" phase {phase}" if phase is not None else "")
+    arguments = last.get("arguments", {})
+    phase, stage = arguments.get("phase"), arguments.get("stage")
+    return f"{last['stage']}" + (f" phase {phase}" if phase is not None else "") + (f" stage {stage}" if stage is not None else "")
 
 
 CHAT_STAGES = ("sft", "rl")  # a model that went through one of these answers chat turns

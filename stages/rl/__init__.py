@@ -10,8 +10,9 @@
    the KL reference (none with --beta 0).
 4. train: the shared loop (granite_cli/training/) with rollouts (rollouts.py) as its batch source and the
    policy loss (objective.py); `--updates-per-batch` optimizer steps per rollout batch; exact resume.
-5. evaluate (heldout.py): the held-out prompts answered greedily before and after, per domain, with a paired
-   bootstrap interval; the table goes to the lineage and heldout.jsonl into the checkpoint.
+5. evaluate (heldout.py): the held-out prompts answered before and after (K samples a prompt at the rollouts'
+   temperature), per domain, with a paired bootstrap interval; the table goes to the lineage and heldout.jsonl
+   into the checkpoint.
 
 Where this departs from the papers:
 - The group std is the unbiased one plus 1e-6 (TRL and verl do the same; the GRPO paper does not say).
@@ -92,6 +93,10 @@ def rl_command(
                                       "the policy's entropy is highest (1: all; 0.2 in 'Beyond the 80/20 rule')."),
     heldout_fraction: Optional[float] = typer.Option(None, "--heldout-fraction", help="Share of prompts held out to evaluate "
                                                      "the stage (0: no evaluation). Recipe default (0.1)."),
+    heldout_samples: int = typer.Option(4, "--heldout-samples", help="Answers per held-out prompt, at the rollouts' "
+                                        "temperature; a prompt scores the mean of their rewards."),
+    heldout_temperature: Optional[float] = typer.Option(None, "--heldout-temperature", help="Temperature of the held-out "
+                                                        "answers (0: one greedy answer). Default: the rollouts' temperature."),
     verifier_workers: int = typer.Option(4, "--verifier-workers", help="Verifiers (code, SQL) running at once."),
     verifier_timeout: float = typer.Option(30.0, "--verifier-timeout", help="Seconds a verifier may take; past it the reward "
                                            "is 0, counted."),
@@ -108,6 +113,7 @@ def rl_command(
     from stages.rl import heldout
     from stages.rl.objective import NORMALISATIONS, PolicyLoss
     from stages.rl.prompts import load_prompts
+    from model.generation import Sampling
     from stages.rl.rollouts import RolloutSettings, Rollouts
 
     loaded = load_recipe(recipe, run_dir)
@@ -149,7 +155,7 @@ def rl_command(
         from granite_cli.verify.sandbox import require_isolation
 
         require_isolation(allow_unsafe_code)
-    with TrainingRun(f"rl-stage-{stage}", out, flags) as run:
+    with TrainingRun("rl", out, flags) as run:
         tokenizer_dir = run.workdir / "tokenizer"
         if run.dist.main:
             tokenizer.save_pretrained(str(tokenizer_dir))
@@ -158,17 +164,22 @@ def rl_command(
         new_tokens = fit_prompts(train_prompts, heldout_prompts, engine, tokenizer, context,
                                  max_new_tokens if max_new_tokens is not None else table.max_new_tokens, counts)
         n_steps = steps if steps is not None else (entry.steps or math.ceil(len(train_prompts) / per_step))
-        rows_multiple = flags.micro_batch * run.dist.world
+        rows_multiple = run.dist.world  # each process takes the same number of packed rows
         peak_lr = lr if lr is not None else entry.lr
         schedule = build_schedule({"name": "constant"}, peak_lr, n_steps * updates_per_batch)
-        settings = run.settings(schedule, table, offset=0, n_steps=n_steps * updates_per_batch, global_batch=rows_multiple,
+        settings = run.settings(schedule, table, offset=0, n_steps=n_steps * updates_per_batch,
+                                global_batch=flags.micro_batch * run.dist.world,
                                 seq=context, model=model)
         settings.schedule_unit = "steps"
         settings.log_every = flags.log_every * updates_per_batch  # in rollout steps, like every rl flag
         settings.checkpoint_every = flags.checkpoint_every * updates_per_batch  # a checkpoint never splits a rollout batch
+        sampled_at = temperature if temperature is not None else table.temperature
+        eval_temperature = heldout_temperature if heldout_temperature is not None else sampled_at
+        evaluation = Sampling(max_new_tokens=new_tokens, temperature=eval_temperature, top_p=1.0, seed=flags.seed,
+                              n=heldout_samples if eval_temperature > 0 else 1)
         rollouts = Rollouts(train_prompts, RolloutSettings(
             samples_per_prompt=group, prompts_per_step=per_step, max_new_tokens=new_tokens,
-            temperature=temperature if temperature is not None else table.temperature,
+            temperature=sampled_at,
             top_p=top_p if top_p is not None else table.top_p, updates_per_batch=updates_per_batch, pack_len=context,
             rows_multiple=rows_multiple, seed=flags.seed, normalisation=normalisation, scale_rewards=scale_rewards == "group",
             overlong_buffer=overlong_buffer, overlong_penalty=overlong_penalty,
@@ -185,7 +196,7 @@ def rl_command(
                       f"{dict(counts)}; {settings.precision}, {run.dist.world} process(es) on {run.dist.device}")
 
         def evaluate():
-            return heldout.answer(engine, heldout_prompts, new_tokens, verifier_workers, verifier_timeout, trainer.autocast)
+            return heldout.answer(engine, heldout_prompts, evaluation, verifier_workers, verifier_timeout, trainer.autocast)
 
         before = cached(run.workdir / "heldout-start.json", evaluate) if heldout_prompts else []
         summary = run.train(trainer)
@@ -193,8 +204,10 @@ def rl_command(
         if heldout_prompts:
             after = evaluate()
             comparison = heldout.compare(before, after, flags.seed)
-            console.print(heldout.show(comparison, f"held-out reward, rl stage {stage} ({entry.name}): start -> trained"))
-            results, files = {"heldout_reward": comparison}, {"heldout.jsonl": heldout.rows_jsonl(before, after)}
+            console.print(heldout.show(comparison, f"held-out reward, rl stage {stage} ({entry.name}): start -> trained "
+                                                   f"(mean of {evaluation.n} answer(s) a prompt at temperature {eval_temperature:g})"))
+            results = {"heldout_reward": comparison, "heldout_sampling": {"temperature": eval_temperature, "samples": evaluation.n}}
+            files = {"heldout.jsonl": heldout.rows_jsonl(before, after)}
         run.finish(trainer, summary, {
             "recipe": loaded.name, "stage": stage, "name": entry.name, "steps": n_steps, "lr": peak_lr, "beta": kl,
             "samples_per_prompt": group, "prompts_per_step": per_step, "max_context": context, "max_new_tokens": new_tokens,

@@ -1,8 +1,10 @@
-"""The stage's evaluation: its held-out prompts answered greedily by the starting model and by the trained one,
-scored by the same verifiers as training, compared per domain with a paired bootstrap interval.
+"""The stage's evaluation: its held-out prompts answered by the starting model and by the trained one, scored by
+the same verifiers as training, compared per domain with a paired bootstrap interval.
 
-Greedy decoding (not the rollouts' sampling) so that the comparison measures the policy, not sampling noise;
-each prompt is answered once by each model, so the interval comes from resampling prompts, pairs kept together.
+Each prompt is answered K times at the rollouts' temperature (the same seed before and after) and scored by the
+mean of its K rewards: the expected reward of the policy is what RL raises, and K answers make each prompt's score
+less noisy than one. Temperature 0 (one greedy answer) measures the mode instead. The interval comes from
+resampling prompts, each prompt's before/after pair kept together.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ from stages.rl.prompts import Prompt
 from stages.rl.rewards import score
 
 
-def answer(engine, prompts: list[Prompt], max_new_tokens: int, workers: int, timeout: float, autocast) -> list[dict]:
-    """One greedy answer per prompt, with its reward: [{id, domain, reward, response}]."""
-    from model.generation import Request, Sampling
+def answer(engine, prompts: list[Prompt], sampling, workers: int, timeout: float, autocast) -> list[dict]:
+    """`sampling.n` answers per prompt and their mean reward: [{id, domain, reward, responses}]."""
+    from model.generation import Request
 
-    sampling = Sampling(max_new_tokens=max_new_tokens)
     was_training = engine.model.training
     engine.model.eval()
     with autocast():
         results = engine.generate([Request(messages=p.messages, tools=p.tools, sampling=sampling) for p in prompts])
     engine.model.train(was_training)
-    texts = [completions[0].text for completions in results]
-    rewards, _ = score(texts, [p.verifier for p in prompts], workers, timeout)
-    return [{"id": p.id, "domain": p.domain, "reward": r, "response": t} for p, r, t in zip(prompts, rewards, texts)]
+    texts = [c.text for completions in results for c in completions]
+    rewards, _ = score(texts, [p.verifier for p in prompts for _ in range(sampling.n)], workers, timeout)
+    k = sampling.n
+    return [{"id": p.id, "domain": p.domain, "reward": sum(rewards[i * k:(i + 1) * k]) / k, "responses": texts[i * k:(i + 1) * k]}
+            for i, p in enumerate(prompts)]
 
 
 def compare(before: list[dict], after: list[dict], seed: int) -> dict:
@@ -59,7 +62,7 @@ def show(table: dict, title: str):
 
 
 def rows_jsonl(before: list[dict], after: list[dict]) -> str:
-    """The per-prompt record kept in the checkpoint (heldout.jsonl): both answers and both rewards."""
+    """The per-prompt record kept in the checkpoint (heldout.jsonl): both models' answers and mean rewards."""
     return "".join(json.dumps({"id": b["id"], "domain": b["domain"], "reward_before": b["reward"], "reward_after": a["reward"],
-                               "response_before": b["response"], "response_after": a["response"]}) + "\n"
+                               "responses_before": b["responses"], "responses_after": a["responses"]}) + "\n"
                    for b, a in zip(before, after))

@@ -15,7 +15,8 @@ and the batch's loss is the weighted sum over trained tokens divided by the norm
     dr_grpo  sum over all trained tokens / (number of sequences x max new tokens)   (Dr. GRPO: a constant, no
              length bias)
 
-The batch carries, per position, `advantages`, `old_logprobs`, `ref_logprobs` (when beta > 0), `loss_mask`
+The batch carries, per position, `advantages`, `old_logprobs` (when several updates share a rollout batch),
+`ref_logprobs` (when beta > 0), `loss_mask`
 (1 where the token is trained) and `token_weight` (1, or 1 / the sequence's trained tokens for grpo), and per
 row `sequences` (completions in the row) and `trained_sequences` (those with a trained token).
 """
@@ -55,7 +56,10 @@ class PolicyLoss:
         mask = micro["loss_mask"]
         weight = mask * micro["token_weight"]
         advantages = micro["advantages"]
-        ratio = torch.exp(logprobs - micro["old_logprobs"])
+        # one update per rollout batch: the old policy is the current one, and the ratio is exp(logp - logp.detach())
+        # (1, with the gradient of logp), so rollouts skip a forward pass over the batch
+        old = micro["old_logprobs"] if "old_logprobs" in micro else logprobs.detach()
+        ratio = torch.exp(logprobs - old)
         clipped = ratio.clamp(1 - self.epsilon_low, 1 + self.epsilon_high)
         per_token = -torch.minimum(ratio * advantages, clipped * advantages)
         metrics = {"pg_loss": (per_token * mask).sum()}

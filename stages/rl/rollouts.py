@@ -13,9 +13,9 @@ One rollout step feeds `updates_per_batch` optimizer steps, so `batch(step)` mak
 5. pack: prompt + completion sequences, best-fit into rows (no padding rows), position ids restarting per
    sequence; only completion tokens have labels; truncated completions and zero-variance groups can be masked
    out of the loss;
-6. score: the old policy's (and the reference's) log-probability of every completion token, with the trainer's
-   own forward, so the first update's ratio is exactly 1; the old policy's entropy picks the top-entropy tokens
-   when only those are trained.
+6. score: the reference's log-probability of every completion token and, when several updates share the batch,
+   the old policy's, with the trainer's own forward, so the first update's ratio is exactly 1; the old policy's
+   entropy picks the top-entropy tokens when only those are trained.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class RolloutSettings:
     top_p: float
     updates_per_batch: int
     pack_len: int              # the row length sequences are packed into (the stage's max context)
-    rows_multiple: int         # mini-batch rows are padded to a multiple of this (micro batch x processes)
+    rows_multiple: int         # mini-batch rows are padded to a multiple of this (the number of processes)
     seed: int
     normalisation: str = "dapo"
     scale_rewards: bool = True
@@ -226,12 +226,16 @@ class Rollouts:
         import torch
 
         entropies = []
+        # with one update per batch the loss takes the current log-probabilities as the old ones (objective.py),
+        # unless the top-entropy mask needs the old policy's entropy
+        old_policy = self.s.updates_per_batch > 1 or self.s.top_entropy < 1.0
         for batch, _ in minibatches:
             core = {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
-            batch["old_logprobs"], entropy = self.trainer.logprobs(core, entropy=True)
+            if old_policy:
+                batch["old_logprobs"], entropy = self.trainer.logprobs(core, entropy=True)
+                entropies.append(entropy)
             if self.s.reference:
                 batch["ref_logprobs"] = self.trainer.logprobs(core, reference=True)
-            entropies.append(entropy)
         if self.s.top_entropy < 1.0:
             trained = torch.cat([e[b["loss_mask"] > 0] for (b, _), e in zip(minibatches, entropies)])
             if trained.numel():
