@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import REPO, WORK, save  # noqa: E402
+from benchmarks.common import REPO, WORK, save, step_timer  # noqa: E402
 from granite_cli.data.records import read_records  # noqa: E402
 
 SFT = REPO / "runs" / "tiny" / "checkpoints" / "sft"
@@ -59,7 +59,6 @@ def run_granite(prompts: Path, steps: int) -> dict:
 def run_trl(prompts: Path, steps: int) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from granite_cli.data.tokenizer_io import load_tokenizer
@@ -72,17 +71,7 @@ def run_trl(prompts: Path, steps: int) -> dict:
     def reward(prompts, completions, verifier, **kwargs):
         return [verify(c[-1]["content"] if isinstance(c, list) else c, json.loads(v)).score for c, v in zip(completions, verifier)]
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
-
-    timer = StepTimes()
+    timer = step_timer()
     torch.manual_seed(0)
     tokenizer = load_tokenizer(str(SFT))
     tokenizer.padding_side = "left"

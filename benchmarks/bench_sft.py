@@ -23,11 +23,10 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import REPO, WORK, save  # noqa: E402
+from benchmarks.common import REPO, WORK, save, step_timer  # noqa: E402
 from granite_cli.data.records import read_records  # noqa: E402
 
 BASE = REPO / "runs" / "tiny" / "checkpoints" / "pretrain-phase-4"
@@ -66,7 +65,6 @@ def run_granite(data: Path) -> dict:
 def run_trl(data: Path) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from granite_cli.data.tokenizer_io import load_tokenizer
@@ -84,17 +82,7 @@ def run_trl(data: Path) -> dict:
     torch.manual_seed(0)
     model = load_model(BASE, dtype=torch.float32)
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
-
-    timer = StepTimes()
+    timer = step_timer()
     config = SFTConfig(output_dir=str(WORK / "sft-trl"), max_length=SEQ, packing=True, packing_strategy="bfd",
                        assistant_only_loss=True, per_device_train_batch_size=1, gradient_accumulation_steps=BATCH,
                        num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0.03,

@@ -65,3 +65,21 @@ def save(name: str, result: dict) -> None:
     result = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, **result}
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def step_timer():
+    """A transformers `TrainerCallback` that records the wall time of every optimizer step in its `times` list (how
+    the benchmarks time HF's and TRL's trainers step by step)."""
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.times, self.start = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    return StepTimes()

@@ -255,3 +255,15 @@ def test_killed_and_resumed_rl_matches_an_uninterrupted_one(rl_run, checkpoint, 
     curve = lambda path: [{k: v for k, v in m.items() if k not in timing and not k.startswith("seconds_")} for m in metrics(path)]
     assert curve(straight) == curve(resumed)
     assert any(m["clip_low"] or m["clip_high"] for m in metrics(straight)) or metrics(straight)[-1]["ratio"] != 1.0
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_that_vary_and_top_entropy_trains_a_share(rl_run, checkpoint, tmp_path):
+    _, prompts = rl_run
+    out = tmp_path / "dynamic"
+    granite("rl", prompts, "--init-from", checkpoint, "-o", out, "--run-dir", tmp_path / "run", *FAST, "--steps", "2",
+            "--heldout-fraction", "0", "--dynamic-sampling", "--max-draws", "4", "--top-entropy", "0.5", check=True)
+    for line in metrics(out):
+        assert line["zero_variance_share"] == 0.0 and line["groups"] == 4  # every kept group teaches something
+        assert line["prompts_drawn"] >= 4
+        completion_tokens = line["length_mean"] * 8 * 4 + 8 * 4 * (1 - line["truncated_share"])  # + each ended answer's EOS
+        assert 0.4 * completion_tokens <= line["trained_tokens_in_batch"] <= 0.6 * completion_tokens

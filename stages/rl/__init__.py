@@ -58,6 +58,7 @@ def rl_command(
     steps: Optional[int] = typer.Option(None, "--steps", help="Rollout steps. Recipe default (the stage's `steps`; 0 there: "
                                                               "one pass over the training prompts)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate, constant. Recipe default (IBM: 5e-7 or 3e-7)."),
+    warmup: int = typer.Option(0, "--warmup", help="Rollout steps of linear LR warmup before the constant LR (IBM: unpublished)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="KL coefficient to the starting model, k3 estimator; 0 keeps no "
                                                               "reference model in memory. Recipe default (IBM: 0.05 or 0.09)."),
     samples_per_prompt: Optional[int] = typer.Option(None, "--samples-per-prompt", "-G", help="Completions per prompt, the "
@@ -166,7 +167,7 @@ def rl_command(
         n_steps = steps if steps is not None else (entry.steps or math.ceil(len(train_prompts) / per_step))
         rows_multiple = run.dist.world  # each process takes the same number of packed rows
         peak_lr = lr if lr is not None else entry.lr
-        schedule = build_schedule({"name": "constant"}, peak_lr, n_steps * updates_per_batch)
+        schedule = build_schedule({"name": "constant", "warmup": warmup * updates_per_batch}, peak_lr, n_steps * updates_per_batch)
         settings = run.settings(schedule, table, offset=0, n_steps=n_steps * updates_per_batch,
                                 global_batch=flags.micro_batch * run.dist.world,
                                 seq=context, model=model)
@@ -198,7 +199,7 @@ def rl_command(
         def evaluate():
             return heldout.answer(engine, heldout_prompts, evaluation, verifier_workers, verifier_timeout, trainer.autocast)
 
-        before = cached(run.workdir / "heldout-start.json", evaluate) if heldout_prompts else []
+        before = cached(run.workdir / "heldout-start.json", repr(evaluation), evaluate) if heldout_prompts else []
         summary = run.train(trainer)
         results, files = {}, {}
         if heldout_prompts:
@@ -209,7 +210,7 @@ def rl_command(
             results = {"heldout_reward": comparison, "heldout_sampling": {"temperature": eval_temperature, "samples": evaluation.n}}
             files = {"heldout.jsonl": heldout.rows_jsonl(before, after)}
         run.finish(trainer, summary, {
-            "recipe": loaded.name, "stage": stage, "name": entry.name, "steps": n_steps, "lr": peak_lr, "beta": kl,
+            "recipe": loaded.name, "stage": stage, "name": entry.name, "steps": n_steps, "lr": peak_lr, "warmup": warmup, "beta": kl,
             "samples_per_prompt": group, "prompts_per_step": per_step, "max_context": context, "max_new_tokens": new_tokens,
             "loss": normalisation, "scale_rewards": scale_rewards, "updates_per_batch": updates_per_batch,
             "prompts": dict(counts), "command": sys.argv,
@@ -270,11 +271,15 @@ def fit_prompts(train, heldout, engine, tokenizer, context: int, max_new_tokens:
     return budget
 
 
-def cached(path: Path, compute):
-    """The starting model's held-out answers, kept in the run's work directory: a resumed run does not redo them
-    (the weights have moved by then)."""
+def cached(path: Path, settings: str, compute):
+    """The starting model's held-out answers, kept in the run's work directory: a resumed run cannot redo them (the
+    weights have moved by then), so it must ask for them with the same settings."""
     if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.write_text(json.dumps(value))
-    return value
+        kept = json.loads(path.read_text())
+        if kept["settings"] != settings:
+            raise BadInput(f"--resume with other held-out settings than the run started with ({kept['settings']}); "
+                           f"resume with the same flags, or pass --overwrite to start over")
+        return kept["answers"]
+    answers = compute()
+    path.write_text(json.dumps({"settings": settings, "answers": answers}))
+    return answers
