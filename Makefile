@@ -8,6 +8,8 @@ RECIPE ?= tiny
 # Tasks and items per task for the evaluation after each stage (all 373 held-out items; 164 HumanEval problems).
 EVAL_TASKS ?= heldout_bpb,heldout,humaneval,ruler
 EVAL_LIMIT ?= 400
+# the recipe's phase-5 stage names ([[phases.stages]]), in order
+PHASE5_STAGES ?= 1K 2K 4K
 # torch is pinned only for the first install where it is missing: on a CPU-only machine this is
 # the small CPU wheel; a user who already has torch (a CUDA build on a cluster) keeps theirs.
 TORCH_SPEC ?= torch==2.13.0
@@ -51,6 +53,12 @@ all: install eval-data
 	  $(GRANITE) eval runs/$(RECIPE)/checkpoints/pretrain-phase-$$phase --recipe $(RECIPE) \
 	    --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64 || exit 1; \
 	done
+	# phase 5: the context grows stage by stage, each stage merged with its parent (the merge weight chosen from data)
+	for stage in $(PHASE5_STAGES); do \
+	  $(GRANITE) mix --phase 5 --stage $$stage --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase 5 --overwrite || exit 1; \
+	done
+	$(GRANITE) extend-context --recipe $(RECIPE) --merge-weights 0,0.15,0.3,0.5 --overwrite
+	$(GRANITE) eval runs/$(RECIPE)/checkpoints/extend-context --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
 	# SFT data curation: the deterministic checks and dedup (an LLM judge needs a served model: see README)
 	$(GRANITE) filter examples/data/chat/sft.jsonl.zst --recipe $(RECIPE) \
 	  -o runs/$(RECIPE)/filter/kept.jsonl.zst --audit runs/$(RECIPE)/filter/audit.jsonl

@@ -13,7 +13,7 @@ import typer
 import typer.core
 
 from granite_cli.errors import GraniteError, ReaderGone
-from stages import chat, info, mix, pretrain, recipe, rl, sft, tokenize
+from stages import chat, extend_context, info, merge, mix, pretrain, recipe, rl, sft, tokenize
 from stages import eval as eval_stage
 from stages import filter as filter_stage
 
@@ -40,6 +40,8 @@ app.add_typer(recipe.app, name="recipe")
 app.command("mix")(mix.mix_command)
 app.add_typer(tokenize.app, name="tokenize")
 app.command("pretrain")(pretrain.pretrain_command)
+app.command("extend-context")(extend_context.extend_context_command)
+app.command("merge")(merge.merge_command)
 app.add_typer(filter_stage.app, name="filter")
 app.command("sft")(sft.sft_command)
 app.command("rl")(rl.rl_command)

@@ -84,8 +84,9 @@ def check_weights(directory: Path) -> None:
             raise BadInput(f"truncated weights file: {size:,} bytes, its header needs {8 + header_size + end:,}", str(path))
 
 
-def load_model(directory: Path, dtype=None):
-    """The model of a checkpoint (ours or any local HF causal LM directory)."""
+def load_model(directory: Path, dtype=None, config=None):
+    """The model of a checkpoint (ours or any local HF causal LM directory); `config` replaces its config.json (a
+    stage that changes what the config builds, such as extend-context's RoPE)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -95,7 +96,8 @@ def load_model(directory: Path, dtype=None):
     check_weights(directory)
     logging.disable_progress_bar()  # our progress goes through rich; a second bar only clutters stderr
     try:
-        return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
+        extra = {"config": config} if config is not None else {}
+        return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True, **extra)
     except (OSError, ValueError, RuntimeError) as err:  # what transformers and safetensors raise for unreadable weights
         raise BadInput(f"cannot load the model: {err}", str(directory)) from err
 

@@ -141,7 +141,7 @@ def test_heldout_split_is_disjoint_from_every_training_mix(phase4, tmp_path):
 def test_a_long_context_stage_mixes_its_own_mixture_and_budget(tmp_path):
     mix("--phase", "5", "--stage", "1K", "--seed", "1", "--run-dir", tmp_path, "-o", tmp_path / "out")
     report = json.loads((tmp_path / "out" / "mix-00000-of-00001.json").read_text())
-    assert report["stage"] == "1K" and report["budget_tokens"] == 40_000  # the tiny recipe's 1K stage, on the phase-4 mix
+    assert report["stage"] == "1K" and report["budget_tokens"] == 160_000  # the tiny recipe's 1K stage, on the phase-4 mix
     assert {name: row["target_pct"] for name, row in report["sources"].items()} == pytest.approx(
         {"commoncrawl-hq": 40, "code": 20, "math": 20, "long-cot": 6, "code-instructions": 5, "language-instructions": 9})
     for name, row in report["sources"].items():
@@ -161,11 +161,11 @@ def test_a_phase_with_stages_needs_one(tmp_path):
 
 
 def test_a_mix_that_misses_its_tolerance_fails_unless_told_to_warn(tmp_path):
-    """The tiny recipe's 4K stage asks 80% books of 40K tokens; each bundled book is far longer, so none fits."""
+    """The tiny recipe's 4K stage at 40K tokens asks 80% books; each bundled book is far longer, so none fits."""
     out = tmp_path / "stage.jsonl"
-    result = mix("--phase", "5", "--stage", "4K", "--run-dir", tmp_path, "-o", out, check=False)
+    result = mix("--phase", "5", "--stage", "4K", "--tokens", "40K", "--run-dir", tmp_path, "-o", out, check=False)
     err = result.stderr.decode()
     assert result.returncode == 1 and "misses its tolerance" in err and "books 0.00% against 80.00%" in err
     assert not out.exists()
-    warned = mix("--phase", "5", "--stage", "4K", "--run-dir", tmp_path, "-o", out, "--on-miss", "warn")
+    warned = mix("--phase", "5", "--stage", "4K", "--tokens", "40K", "--run-dir", tmp_path, "-o", out, "--on-miss", "warn")
     assert "warning:" in warned.stderr.decode() and out.exists()
