@@ -133,7 +133,9 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     assert gsm8k["n"] == 3 and gsm8k["settings"]["num_fewshot"] == 8 and gsm8k["settings"]["chat_template"] is True
     assert set(gsm8k["metrics"]) == {"exact_match_strict", "exact_match_flexible"}
     assert document["tasks"]["mmlu"]["n"] == 2 and 0 <= document["tasks"]["mmlu"]["value"] <= 1
-    assert document["tasks"]["ruler"]["n"] == 3 and len(document["tasks"]["ruler"]["subtasks"]) == 2  # --limit applies to every task
+    assert document["tasks"]["ruler"]["n"] == 3 and len(document["tasks"]["ruler"]["subtasks"]) == 3  # --limit applies to every task
+    assert document["tasks"]["ruler"]["grids"]["passkey"] == {"128": {"0": 0.0, "1": 0.0}}
+    assert document["tasks"]["ruler"]["effective_length"] is None
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 + 2 + 2 + 2 + 3 + 3 + 2 + 3 + 3 + 3 + 3 + 3
     bfcl_prompt = next(s["prompt"] for s in samples if s["task"] == "bfcl")

@@ -25,6 +25,7 @@ import typer
 from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
+from stages.eval import ruler
 from stages.eval.judged import add_interval
 from stages.eval.published import MODELS
 from stages.eval.results import read_results, results_table, shown, stages_table, summarize, write_results
@@ -82,6 +83,9 @@ def eval_command(
 
         require_isolation(allow_unsafe_code)
     backend = make_backend(checkpoint, endpoint, model_name, batch_size, device)
+    if any(spec.name == "ruler" for spec in specs):  # ruler's prompts are sized in the evaluated model's own tokens
+        specs = [get_task("ruler", lengths, depths, seed, token_counter(backend)) if spec.name == "ruler" else spec
+                 for spec in specs]
     grader = make_judge(specs, judge, judge_model, judge_concurrency, device)
     label = stage or default_stage(checkpoint)
     tuned = chat_tuned(checkpoint, endpoint)
@@ -105,12 +109,23 @@ def eval_command(
             summary = summarize(spec, scored)
         summary["settings"] = {**settings, "num_fewshot": shots.count or spec.inline_shots, "chat_template": chat,
                                "max_new_tokens": spec.max_new_tokens, "seconds": round(time.perf_counter() - started, 1)}
+        if spec.name == "ruler":
+            summary["grids"] = ruler.grids(summary["subtasks"])
+            summary["effective_length"] = ruler.effective_length(summary["grids"])
+            for view in ruler.show(summary["grids"], summary["effective_length"]):
+                console.print(view)
         results[spec.name] = summary
         all_samples.extend({"task": spec.name, **row} for row in scored)
         console.print(f"{spec.name}: {summary['main_metric']} = {shown(summary['main_metric'], summary['value'])} over {summary['n']} items")
     write_results(out, backend.name, label, results, all_samples)
     console.print(results_table(results, compare))
     console.print(f"wrote [bold]{out}/results.json[/] and samples.jsonl")
+
+
+def token_counter(backend):
+    """Tokens of a text in the evaluated model's tokenizer (a local model's; None for an endpoint: ruler estimates)."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    return (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])) if tokenizer is not None else None
 
 
 def make_backend(checkpoint, endpoint, model_name, batch_size, device):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from granite_cli.data.chat import normalize_sample
 from granite_cli.verify import verify
 from granite_cli.verify.answers import last_number, parse_number
 from granite_cli.verify.code import code_program, extract_completion, mbpp_code
-from stages.eval import judged
+from stages.eval import judged, ruler
 
 
 @dataclass
@@ -215,31 +214,6 @@ def local_task(path: str, name: str) -> TaskSpec:
                     subtask=lambda item: item.get("family") or item.get("domain") or "all")
 
 
-# ------------------------------------------------------------------ RULER-style passkey retrieval
-def ruler_items(lengths: list[int], depths: list[float], per_cell: int, seed: int, tokens_per_word: float = 1.3) -> list[dict]:
-    """A passkey hidden at a depth of a filler haystack of about `length` tokens; the answer is the key."""
-    rng = random.Random(seed)
-    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-    items = []
-    for length in lengths:
-        for depth in depths:
-            for k in range(per_cell):
-                key = str(rng.randint(10000, 99999))
-                words = int(length / tokens_per_word) - 40
-                hay = (filler * (words // len(filler.split()) + 1)).split()[:max(words, 10)]
-                at = int(len(hay) * depth)
-                needle = f"The pass key is {key}. Remember it. {key} is the pass key."
-                context = " ".join(hay[:at] + [needle] + hay[at:])
-                items.append({"id": f"passkey-{length}-{depth:g}-{k}", "length": length, "depth": depth, "answer": key,
-                              "question": "There is important info hidden inside a lot of irrelevant text. Find it and "
-                                          f"memorize it.\n\n{context}\n\nWhat is the pass key? The pass key is"})
-    return items
-
-
-def ruler_score(item: dict, output: str) -> dict:
-    return {"accuracy": float(item["answer"] in output[:64])}
-
-
 # ------------------------------------------------------------------ BBH (3-shot chain of thought)
 BBH_ANSWER = re.compile(r"(?<=the answer is )(.*)(?=.)")
 
@@ -377,25 +351,26 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def ruler_task(lengths: list[int], depths: list[float], seed: int) -> TaskSpec:
-    """The passkey task over a grid of context lengths and needle depths (generated, two items a cell)."""
+def ruler_task(lengths: list[int], depths: list[float], seed: int, count_tokens=None) -> TaskSpec:
+    """RULER's synthetic tasks (stages/eval/ruler.py) over a grid of context lengths and needle depths, one item a
+    cell, each prompt sized in the evaluated model's tokens when its tokenizer is at hand (`count_tokens`)."""
     return TaskSpec(
-        name="ruler", description="RULER-style passkey retrieval at several lengths and depths", kind="generate",
-        data=DataSource(""), loader=lambda data_dir: ruler_items(lengths, depths, 2, seed), template="{question}",
-        max_new_tokens=12, score=ruler_score, subtask=lambda item: f"len {item['length']} depth {item['depth']:g}")
+        name="ruler", description="RULER's synthetic tasks (needles, variable tracking, word extraction) by length and depth",
+        kind="generate", data=DataSource(""), loader=lambda data_dir: ruler.items(lengths, depths, 1, seed, count_tokens),
+        template="{question}", max_new_tokens=48, score=ruler.score, subtask=ruler.subtask)
 
 
 TASK_NAMES = [*TASKS, "ruler"]
 
 
 def get_task(name: str, ruler_lengths: tuple[int, ...] = (256, 512, 1024), ruler_depths: tuple[float, ...] = (0, 0.5, 1),
-             seed: int = 0) -> TaskSpec:
+             seed: int = 0, count_tokens=None) -> TaskSpec:
     """A task by name; `ruler` is built for the lengths and depths asked, `local:PATH` from a file of chat prompts."""
     if name.startswith("local:"):
         path = name[len("local:"):]
         return local_task(str(Path(path).resolve()), Path(path).name.split(".")[0])
     if name == "ruler":
-        return ruler_task(list(ruler_lengths), list(ruler_depths), seed)
+        return ruler_task(list(ruler_lengths), list(ruler_depths), seed, count_tokens)
     if name not in TASKS:
         raise BadInput(f"unknown task {name!r}: choose from {', '.join(TASK_NAMES)}, or local:PATH.jsonl")
     return TASKS[name]
