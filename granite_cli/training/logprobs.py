@@ -25,13 +25,14 @@ class TokenLogprobs(torch.nn.Module):
     """forward(input_ids, labels[, position_ids]) -> (log p(label) per position, entropy per position or None).
 
     Positions whose label is IGNORE get log-probability 0 and entropy 0.
-    `chunk_tokens` positions (over the whole micro-batch) are projected onto the vocabulary at a time.
+    `chunk_tokens` positions (over the whole micro-batch) are projected onto the vocabulary at a time; by default
+    as many as keep a chunk's fp32 logits near 256 MB (8,192 for an 8K vocabulary, 668 for Granite's 100,352).
     """
 
-    def __init__(self, lm, chunk_tokens: int = 8192):
+    def __init__(self, lm, chunk_tokens: int | None = None):
         super().__init__()
         self.lm = lm
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = chunk_tokens or default_chunk_tokens(lm.config.vocab_size)
 
     @property
     def config(self):
@@ -47,6 +48,13 @@ class TokenLogprobs(torch.nn.Module):
     def scale(self) -> float:
         """Granite divides its logits by `logits_scaling` (1 for models without it)."""
         return 1.0 / float(getattr(self.lm.config, "logits_scaling", 1.0) or 1.0)
+
+
+CHUNK_LOGITS = 1 << 26  # fp32 logits a chunk may hold (256 MB)
+
+
+def default_chunk_tokens(vocab_size: int) -> int:
+    return max(256, min(8192, CHUNK_LOGITS // vocab_size))
 
 
 def chunked_logprobs(hidden, weight, labels, scale: float, chunk_tokens: int, entropy: bool = False):

@@ -7,6 +7,8 @@ past the length it was trained at shows a loss that rises in the later buckets; 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from granite_cli.training.logprobs import IGNORE, TokenLogprobs
@@ -22,7 +24,7 @@ def buckets(length: int, first: int = 256) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def loss_by_position(lm, rows: dict, spans: list[tuple[int, int]], micro_batch: int = 4, chunk_tokens: int = 8192) -> dict:
+def loss_by_position(lm, rows: dict, spans: list[tuple[int, int]], micro_batch: int = 4, chunk_tokens: Optional[int] = None) -> dict:
     """{"lo-hi": mean loss of the tokens at positions lo..hi-1} over `rows` (input_ids, labels, position_ids)."""
     scorer = TokenLogprobs(lm, chunk_tokens)
     device = next(lm.parameters()).device

@@ -66,7 +66,7 @@ class TrainSettings:
     parallel: str = "ddp"
     peak_flops: Optional[float] = None
     flops_per_token: float = 0.0
-    loss_chunk_tokens: int = 8192  # positions projected onto the vocabulary at a time
+    loss_chunk_tokens: Optional[int] = None  # positions projected onto the vocabulary at a time (None: by vocabulary size)
 
     def total_units(self) -> float:
         return self.steps * (self.global_batch * self.seq_len if self.schedule_unit == "tokens" else 1)
