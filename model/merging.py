@@ -8,8 +8,10 @@
   flattened tensors, and linear interpolation where they are nearly parallel. `weights` = [w, 1 - w]: w is the
   first model's share, as in linear, so t = 1 - w moves from the first model (t = 0) to the second.
 
-TIES and DARE need a base model to take task vectors from and are built by mergekit (`granite merge --method
-ties|dare_ties`, with mergekit installed); see stages/merge.py.
+- ties, dare_ties, dare_linear: task-vector merges run by mergekit (LGPL-3.0, an optional dependency:
+  `pip install mergekit`). The first model is the base; each other model adds its weight times its task vector (its
+  difference from the base), trimmed to its largest `density` share (TIES) or randomly dropped and rescaled (DARE),
+  with TIES's sign election; `normalize` off, so two models at density 1 give the linear merge.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from granite_cli.errors import BadInput
 
 METHODS = ("linear", "slerp")
+MERGEKIT_METHODS = ("ties", "dare_ties", "dare_linear")
 PARALLEL = 0.9995  # cosine above which slerp falls back to linear interpolation (mergekit's DOT_THRESHOLD)
 
 
@@ -113,3 +116,35 @@ def parents_entry(directories: list[Path], method: str, weights: list[float], ex
                 "last_stage": (read_lineage(d) or [{}])[-1].get("stage")} for d, w in zip(directories, weights)]
     return lineage_entry("merge", {"method": method, "weights": weights, **(extra or {})},
                          [{"path": p["path"], "sha256": p["sha256"]} for p in parents], {"parents": parents})
+
+
+def merged_state(directories: list[Path], states: list[dict], method: str, weights: list[float], density: float = 1.0) -> dict:
+    """The merged tensors: linear and SLERP here, the task-vector methods through mergekit."""
+    if method in METHODS:
+        return merge_states(states, method, weights)
+    if method not in MERGEKIT_METHODS:
+        raise BadInput(f"merge method must be one of {', '.join(METHODS + MERGEKIT_METHODS)}")
+    return mergekit_state(directories, method, weights[1:], density)
+
+
+def mergekit_state(directories: list[Path], method: str, weights: list[float], density: float) -> dict:
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    try:
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import MergeOptions, run_merge
+    except ImportError:
+        raise BadInput(f"merge method {method!r} runs on mergekit, which is not installed: `pip install mergekit` "
+                       f"(LGPL-3.0), or use linear or slerp") from None
+    config = MergeConfiguration.model_validate({
+        "merge_method": method, "base_model": str(directories[0]), "dtype": "float32", "parameters": {"normalize": False},
+        "models": [{"model": str(d), "parameters": {"weight": w, "density": density}} for d, w in zip(directories[1:], weights)]})
+    with tempfile.TemporaryDirectory() as out:
+        run_merge(config, out_path=out, options=MergeOptions(copy_tokenizer=False, lazy_unpickle=False, cuda=False,
+                                                             random_seed=0, quiet=True))
+        merged = {}
+        for shard in sorted(Path(out).glob("*.safetensors")):
+            merged.update(load_file(str(shard)))
+    return merged

@@ -11,7 +11,8 @@ For each of the recipe's phase-5 stages in order (or the one `--stage` names):
    packed best-fit with position ids restarting per document (granite_cli/data/documents.py), so attention stays
    inside a document; `--cross-document` trains on windows that run across documents instead, for comparison.
 4. train: the shared loop, the phase's LR schedule over the stage's token budget, continuing the lineage.
-5. merge: parent and extended model, linear with the recipe's parent weight (15%) or SLERP (model/merging.py);
+5. merge: parent and extended model, linear with the recipe's parent weight (15%), SLERP, or mergekit's TIES / DARE
+   (model/merging.py);
    with `--merge-weights` each candidate is scored (short-context validation loss, long-context loss) and the
    rule below picks one; the table goes into lineage.
 6. evaluate: loss by position (granite_cli/training/positions.py) of the parent, the extended and the merged
@@ -64,7 +65,8 @@ def extend_context_command(
                                                                        "(as pretrain does) instead of whole documents."),
     checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute each layer's activations in "
                                                                                 "backward: memory for long rows."),
-    merge_method: Optional[str] = typer.Option(None, "--merge", help="linear or slerp. Default: the recipe's [phases.merge]."),
+    merge_method: Optional[str] = typer.Option(None, "--merge", help="linear, slerp, or ties / dare_ties / dare_linear "
+                                                                  "(mergekit, the parent as base). Default: the recipe's [phases.merge]."),
     merge_weight: Optional[float] = typer.Option(None, "--merge-weight", help="The parent's weight in the merge. Default: "
                                                                              "the recipe's (IBM: 0.15)."),
     merge_weights: Optional[str] = typer.Option(None, "--merge-weights", help="Candidate parent weights, e.g. "
@@ -76,7 +78,7 @@ def extend_context_command(
 ) -> None:
     """Extend the context window stage by stage (phase 5), merging each stage with its parent."""
     from granite_cli.recipe import load_recipe, parse_count
-    from model.merging import METHODS as MERGES
+    from model.merging import MERGEKIT_METHODS, METHODS
     from model.rope import METHODS as ROPES
 
     loaded = load_recipe(recipe, run_dir)
@@ -89,8 +91,8 @@ def extend_context_command(
     if rope not in ROPES:
         raise BadInput(f"--rope must be one of {', '.join(ROPES)}")
     method = merge_method or (phase.merge.method if phase.merge else "linear")
-    if method not in MERGES:
-        raise BadInput(f"--merge must be one of {', '.join(MERGES)}")
+    if method not in METHODS + MERGEKIT_METHODS:
+        raise BadInput(f"--merge must be one of {', '.join(METHODS + MERGEKIT_METHODS)}")
     weight = merge_weight if merge_weight is not None else (phase.merge.base_weight if phase.merge else 0.15)
     candidates = parse_weights(merge_weights) if merge_weights else [weight]
     tokens_per_step = parse_count(batch_tokens, "--batch-tokens") if batch_tokens else phase.training.batch_tokens
@@ -218,7 +220,7 @@ def merge_and_score(parent: Path, trained: Path, merged_out: Path, method: str, 
 
     from granite_cli.training.positions import loss_by_position
     from model.checkpoint import load_model, read_lineage, save_checkpoint
-    from model.merging import compatible, merge_states, parents_entry
+    from model.merging import compatible, merged_state, parents_entry
 
     parent_state, trained_state = compatible([parent, trained])
     short_rows, old_length = short_context_rows(loaded, trained)
@@ -230,7 +232,7 @@ def merge_and_score(parent: Path, trained: Path, merged_out: Path, method: str, 
     merged = models["extended"]  # the extended architecture and config; its weights are replaced by each candidate
     scores = []
     for weight in candidates:
-        load_weights(merged, merge_states([parent_state, trained_state], method, [weight, 1 - weight]))
+        load_weights(merged, merged_state([parent, trained], [parent_state, trained_state], method, [weight, 1 - weight]))
         by_position = loss_by_position(merged, heldout, spans) if heldout else {}
         scores.append({"parent_weight": weight, "long_loss": mean_loss(by_position),
                        "short_loss": short_loss(merged, short_rows, old_length), "by_position": by_position})
@@ -244,7 +246,8 @@ def merge_and_score(parent: Path, trained: Path, merged_out: Path, method: str, 
         table["merged"] = chosen["by_position"]
     rows = scores
     show_candidates(rows, chosen["parent_weight"], extended_long, short, tolerance)
-    state = merge_states([parent_state, trained_state], method, [chosen["parent_weight"], 1 - chosen["parent_weight"]])
+    state = merged_state([parent, trained], [parent_state, trained_state], method,
+                         [chosen["parent_weight"], 1 - chosen["parent_weight"]])
     entry = parents_entry([parent, trained], method, [chosen["parent_weight"], 1 - chosen["parent_weight"]], {
         "candidates": rows, "rule": f"largest parent weight keeping {1 - tolerance:.0%} of the stage's long-context gain",
         "loss_by_position": table, "short_loss": {**short, "merged": chosen["short_loss"]}})

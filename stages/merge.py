@@ -21,7 +21,9 @@ from granite_cli.errors import BadInput
 def merge_command(
     checkpoints: list[str] = typer.Argument(..., help="Two or more checkpoint directories; the first gives the config."),
     output: str = typer.Option(..., "--output", "-o", help="The merged checkpoint's directory."),
-    method: str = typer.Option("linear", "--method", help="linear (weighted average) or slerp (two models)."),
+    method: str = typer.Option("linear", "--method", help="linear (weighted average), slerp (two models), or ties, "
+                                                          "dare_ties, dare_linear (mergekit: the first model is the base)."),
+    density: float = typer.Option(1.0, "--density", help="ties/dare: the share of each task vector kept."),
     weight: str = typer.Option(None, "--weight", help="The first model's weight (the rest share what is left equally), "
                                                       "or one weight per model separated by commas. Default: equal."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
@@ -30,22 +32,24 @@ def merge_command(
     import torch
 
     from model.checkpoint import load_model, read_lineage, save_checkpoint
-    from model.merging import METHODS, compatible, merge_states, parents_entry
+    from model.merging import MERGEKIT_METHODS, METHODS, compatible, merged_state, parents_entry
 
     directories = [Path(c) for c in checkpoints]
     if len(directories) < 2:
         raise BadInput("merge takes two or more checkpoints")
-    if method not in METHODS:
-        raise BadInput(f"--method must be one of {', '.join(METHODS)} (TIES and DARE: see the README)")
+    if method not in METHODS + MERGEKIT_METHODS:
+        raise BadInput(f"--method must be one of {', '.join(METHODS + MERGEKIT_METHODS)}")
+    if not 0 < density <= 1:
+        raise BadInput("--density must be in (0, 1]")
     weights = parse_weights(weight, len(directories))
     out = Path(output)
     if out.exists() and not overwrite:
         raise BadInput("the output already exists; pass --overwrite to replace it", str(out))
     states = compatible(directories)
-    merged = merge_states(states, method, weights)
+    merged = merged_state(directories, states, method, weights, density)
     config = load_model(directories[0], dtype=torch.float32).config
     save_checkpoint(out, merged, config, directories[0],
-                    read_lineage(directories[0]) + [parents_entry(directories, method, weights)])
+                    read_lineage(directories[0]) + [parents_entry(directories, method, weights, {"density": density})])
     console.print(f"wrote [bold]{out}[/]: {method} merge of {len(directories)} checkpoints, weights "
                   f"{', '.join(f'{w:g}' for w in weights)}")
 

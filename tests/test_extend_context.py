@@ -116,6 +116,23 @@ def test_granite_merge_self_is_bitwise_and_linear_is_the_average(checkpoint, oth
     assert {p["path"] for p in entry["metrics"]["parents"]} == {str(checkpoint.resolve()), str(other.resolve())}
 
 
+def test_ties_at_full_density_is_the_linear_merge_and_dare_keeps_a_share(checkpoint, other, tmp_path):
+    """mergekit's task-vector merges: with the first model as base and density 1, TIES adds (1 - w) of the other's
+    difference, which is the linear merge; DARE at density 0.5 keeps about half of the difference's entries."""
+    pytest.importorskip("mergekit")
+    granite("merge", checkpoint, other, "--method", "ties", "--weight", "0.15", "-o", tmp_path / "ties", check=True)
+    a, o = load_file(str(checkpoint / "model.safetensors")), load_file(str(other / "model.safetensors"))
+    ties = load_file(str(tmp_path / "ties" / "model.safetensors"))
+    assert all(torch.allclose(ties[k], 0.15 * a[k] + 0.85 * o[k], atol=1e-5) for k in a)
+    granite("merge", checkpoint, other, "--method", "dare_linear", "--weight", "0", "--density", "0.5", "-o",
+            tmp_path / "dare", check=True)
+    dare = load_file(str(tmp_path / "dare" / "model.safetensors"))
+    name = next(k for k in a if a[k].numel() > 1000)
+    kept = (dare[name] != a[name]).float().mean()
+    assert 0.4 < kept < 0.6
+    assert json.loads((tmp_path / "dare" / "lineage.json").read_text())[-1]["arguments"]["method"] == "dare_linear"
+
+
 def test_granite_merge_refuses_other_shapes_or_tokenizers(checkpoint, tokenizer_dir, tmp_path):
     from transformers import GraniteForCausalLM
 
