@@ -126,8 +126,8 @@ def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: s
     from granite_cli.data.documents import PackedDocuments
     from granite_cli.data.tokenizer_io import load_tokenizer_checked
     from granite_cli.data.windows import TokenWindows, open_shards
+    from granite_cli.data.atomic import partial_directory
     from granite_cli.training import positions
-    from granite_cli.training.schedules import continue_schedule
     from model.checkpoint import is_checkpoint, read_lineage
 
     if not is_checkpoint(parent):
@@ -136,6 +136,9 @@ def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: s
     length = spec.length
     trained_out = loaded.paths.checkpoint(f"extend-context-{spec.name}-trained")
     merged_out = loaded.paths.checkpoint(f"extend-context-{spec.name}")
+    if flags.resume and is_checkpoint(merged_out) and not flags.overwrite:
+        console.print(f"stage {spec.name}: {merged_out} is finished; resuming after it")
+        return merged_out
     global_batch = max(1, tokens_per_step // length)
     tok = load_tokenizer_checked(parent)
     sets = open_shards(shard_dirs, tok["sha256"])
@@ -150,6 +153,25 @@ def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: s
         raise BadInput(f"no held-out long text for stage {spec.name} (no document is {length} tokens long): "
                        f"--merge-weights has nothing to choose by; merge at one weight")
     spans = positions.buckets(length)
+    if flags.resume and is_checkpoint(trained_out) and not partial_directory(trained_out).exists():
+        console.print(f"stage {spec.name}: {trained_out} is trained; merging it")
+        old_length = read_lineage(trained_out)[-1]["arguments"]["old_length"]
+    else:
+        old_length = train_stage(loaded, phase, spec, parent, trained_out, shard_dirs, sets, data, heldout, tok, rope, lr,
+                                 n_steps, global_batch, cross_document, checkpointing, flags)
+    table, chosen = merge_and_score(parent, trained_out, merged_out, method, candidates, tolerance, heldout, spans, loaded)
+    if table:
+        show_positions(table, spec.name, old_length)
+    return merged_out
+
+
+def train_stage(loaded, phase, spec, parent: Path, trained_out: Path, shard_dirs, sets, data, heldout, tok, rope, lr,
+                n_steps: int, global_batch: int, cross_document: bool, checkpointing: bool, flags) -> int:
+    """The stage's training run (the shared loop; resumable); returns the length the parent was trained at."""
+    from granite_cli.training.schedules import continue_schedule
+    from model.checkpoint import read_lineage
+
+    length = spec.length
     with TrainingRun("extend-context", trained_out, flags) as run:
         model, old_length, rope_parameters = extended_model(parent, length, rope, spec.rope_theta, flags.seed)
         if checkpointing:
@@ -159,7 +181,8 @@ def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: s
         settings = run.settings(schedule, phase.training, offset=offset, n_steps=n_steps, global_batch=global_batch,
                                 seq=length, model=model)
         console.print(f"extend-context stage {spec.name}: {old_length} -> {length} tokens ({rope}: {rope_parameters}), "
-                      f"{n_steps} steps x {global_batch} x {length} tokens, {'windows across documents' if cross_document else f'{documents.count} packed rows of whole documents'}, "
+                      f"{n_steps} steps x {global_batch} x {length} tokens, {data.count} rows of "
+                      f"{'windows across documents' if cross_document else 'whole documents packed'}, "
                       f"{len(heldout['input_ids']) if heldout else 0} held-out long rows, from {parent}")
         trainer = run.trainer(model, settings, data, parent, lineage)
         if heldout:
@@ -170,10 +193,7 @@ def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: s
             "rope_parameters": rope_parameters, "steps": n_steps, "global_batch": global_batch,
             "cross_document": cross_document, "recipe": loaded.name, "command": sys.argv,
         }, [input_record(d, d / "manifest.json") for d in shard_dirs])
-    table, chosen = merge_and_score(parent, trained_out, merged_out, method, candidates, tolerance, heldout, spans, loaded)
-    if table:
-        show_positions(table, spec.name, old_length)
-    return merged_out
+    return old_length
 
 
 def long_heldout(documents, long_dirs: list[Path], phase, length: int, tok: dict, seed: int) -> dict:

@@ -200,3 +200,21 @@ def test_extend_context_trains_merges_and_runs_in_plain_transformers(shards, sho
     from model.rope import head_dim
 
     assert float(ours.model.rotary_emb.inv_freq[1]) == pytest.approx(4e4 ** (-2 / head_dim(ours.config)), rel=1e-4)
+
+
+def test_killed_and_resumed_extension_matches_an_uninterrupted_one(shards, short_parent, tmp_path):
+    from conftest import kill_after_first_checkpoint
+
+    args = [shards, "--stage", "1K", "--init-from", short_parent, "--steps", "4", "--batch-tokens", "2048",
+            "--checkpoint-every", "1", "--peak-tflops", "1", "--micro-batch", "2"]
+    granite("extend-context", *args, "--run-dir", tmp_path / "straight", check=True)
+    resumed = tmp_path / "resumed"
+    kill_after_first_checkpoint(["extend-context", *args, "--run-dir", resumed],
+                                resumed / "checkpoints" / ".extend-context-1K-trained.partial" / "checkpoints")
+    granite("extend-context", *args, "--run-dir", resumed, "--resume", check=True)
+    for name in ("extend-context-1K-trained", "extend-context-1K"):
+        a = load_file(str(tmp_path / "straight" / "checkpoints" / name / "model.safetensors"))
+        b = load_file(str(resumed / "checkpoints" / name / "model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    again = granite("extend-context", *args, "--run-dir", resumed, "--resume")  # finished: nothing to redo
+    assert again.returncode == 0 and "is finished; resuming after it" in again.stderr.decode()
