@@ -79,7 +79,7 @@ def test_one_update_per_batch_needs_no_old_policy_pass():
             micro["old_logprobs"] = logprobs.detach().clone()
         total, _ = loss(logprobs, torch.zeros(1, 3), micro)
         total.backward()
-        results.append((float(total), logprobs.grad.clone()))
+        results.append((float(total.detach()), logprobs.grad.clone()))
     assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
 
 
