@@ -28,7 +28,7 @@ import typer
 
 from granite_cli import options
 from granite_cli.console import console
-from granite_cli.data.packing import best_fit
+from granite_cli.data.packing import EpochOrder, best_fit
 from granite_cli.errors import BadInput
 from granite_cli.training.logprobs import IGNORE
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
@@ -225,17 +225,11 @@ class PackedConversations:
         self.rows_per_epoch = len(self.rows)
         self.steps = int(epochs * self.rows_per_epoch) // batch_size
         self.trained_tokens_per_epoch = sum(int(c.trained[1:].sum()) for c in conversations)
-        self._epoch_order: dict[int, np.ndarray] = {}
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The row order of an epoch (the latest one is kept: a batch asks for it once per row)."""
-        if epoch not in self._epoch_order:
-            self._epoch_order = {epoch: np.random.default_rng([self.seed, epoch, 1]).permutation(self.rows_per_epoch)}
-        return self._epoch_order[epoch]
+        self.order = EpochOrder(self.rows_per_epoch, seed)
 
     def batch(self, step: int) -> dict:
         positions = range(step * self.batch_size, (step + 1) * self.batch_size)
-        return self.make_rows([self.rows[self.order(p // self.rows_per_epoch)[p % self.rows_per_epoch]] for p in positions])
+        return self.make_rows([self.rows[self.order[p]] for p in positions])
 
     def rows_at(self, indices: list[int]) -> dict:
         return self.make_rows([self.rows[i] for i in indices])

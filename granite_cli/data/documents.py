@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from granite_cli.data.packing import best_fit
+from granite_cli.data.packing import EpochOrder, best_fit
 from granite_cli.errors import BadInput
 from granite_cli.training.logprobs import IGNORE
 
@@ -51,17 +51,11 @@ class PackedDocuments:
         self.rows = best_fit(lengths, seq_len, order)
         self.count = len(self.rows)
         self.tokens = sum(lengths)
-        self._epoch_order: dict[int, np.ndarray] = {}
-
-    def order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._epoch_order:
-            self._epoch_order = {epoch: np.random.default_rng([self.seed, epoch, 1]).permutation(self.count)}
-        return self._epoch_order[epoch]
+        self.order = EpochOrder(self.count, seed)
 
     def batch(self, step: int) -> dict:
         positions = range(step * self.batch_size, (step + 1) * self.batch_size)
-        return self.make_rows([[self.pieces[i] for i in self.rows[self.order(p // self.count)[p % self.count]]]
-                               for p in positions])
+        return self.make_rows([[self.pieces[i] for i in self.rows[self.order[p]]] for p in positions])
 
     def heldout_rows(self, limit: int) -> dict:
         """Up to `limit` held-out full-length pieces, one a row (the same ones every time)."""

@@ -28,3 +28,20 @@ def best_fit(lengths: list[int], capacity: int, order: np.ndarray) -> list[list[
         if space - lengths[index] > 0:
             bisect.insort(free, (space - lengths[index], row))
     return rows
+
+
+class EpochOrder:
+    """Rows in an endless sequence of seeded permutations, one per epoch: `order[p]` is the row at position p.
+
+    A step's batch takes positions [s·B, (s+1)·B), so it is a pure function of the step (what makes resume exact).
+    The latest epoch's permutation is kept: a batch asks for it once per row."""
+
+    def __init__(self, count: int, seed: int):
+        self.count, self.seed = count, seed
+        self._epoch, self._permutation = -1, None
+
+    def __getitem__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.count)
+        if epoch != self._epoch:
+            self._epoch, self._permutation = epoch, np.random.default_rng([self.seed, epoch, 1]).permutation(self.count)
+        return int(self._permutation[offset])
