@@ -167,16 +167,22 @@ def short_parent(checkpoint, tmp_path_factory):
     return out
 
 
-def test_extend_context_trains_merges_and_runs_in_plain_transformers(shards, short_parent, tmp_path):
+@pytest.mark.parametrize("rope", ["theta", "yarn", "dynamic"])
+def test_extend_context_trains_merges_and_runs_in_plain_transformers(shards, short_parent, tmp_path, rope):
     run = tmp_path / "run"
     result = granite("extend-context", shards, "--stage", "1K", "--init-from", short_parent, "--run-dir", run, "--steps", "3",
-                     "--batch-tokens", "2048", "--merge-weights", "0,0.15,0.5", "--peak-tflops", "1", "--micro-batch", "2")
+                     "--batch-tokens", "2048", "--merge-weights", "0,0.15,0.5", "--peak-tflops", "1", "--micro-batch", "2",
+                     "--rope", rope)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     err = result.stderr.decode()
     assert "held-out loss by position" in err and "merge candidates" in err
     merged = run / "checkpoints" / "extend-context-1K"
     config = json.loads((merged / "config.json").read_text())
-    assert config["rope_parameters"]["rope_theta"] == 4e4 and config["max_position_embeddings"] == 1024
+    if rope == "theta":
+        assert config["rope_parameters"]["rope_theta"] == 4e4 and config["max_position_embeddings"] == 1024
+    else:  # 256 -> 1024: factor 4 over the old length (dynamic starts scaling past it)
+        assert config["rope_parameters"]["rope_type"] == rope and config["rope_parameters"]["factor"] == 4
+        assert config["max_position_embeddings"] == (256 if rope == "dynamic" else 1024)
     lineage = json.loads((merged / "lineage.json").read_text())
     assert [e["stage"] for e in lineage[-2:]] == ["extend-context", "merge"]
     merge = lineage[-1]["arguments"]
@@ -199,7 +205,8 @@ def test_extend_context_trains_merges_and_runs_in_plain_transformers(shards, sho
         torch.testing.assert_close(torch.load(tmp_path / "plain.pt"), ours(input_ids=ids).logits)
     from model.rope import head_dim
 
-    assert float(ours.model.rotary_emb.inv_freq[1]) == pytest.approx(4e4 ** (-2 / head_dim(ours.config)), rel=1e-4)
+    if rope == "theta":
+        assert float(ours.model.rotary_emb.inv_freq[1]) == pytest.approx(4e4 ** (-2 / head_dim(ours.config)), rel=1e-4)
 
 
 def test_killed_and_resumed_extension_matches_an_uninterrupted_one(shards, short_parent, tmp_path):
