@@ -60,13 +60,13 @@ def extend_context_command(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak LR. Default: the phase's schedule (tiny: 1e-4)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps per stage. Default: the stage's token budget."),
     batch_tokens: Optional[str] = typer.Option(None, "--batch-tokens", help="Tokens per step. Default: the phase's "
-                                                                           "[phases.training] batch_tokens."),
+                                                                           "training table's batch_tokens (tiny: 8K)."),
     cross_document: bool = typer.Option(False, "--cross-document", help="Train on windows that run across documents "
                                                                        "(as pretrain does) instead of whole documents."),
     checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute each layer's activations in "
                                                                                 "backward: memory for long rows."),
     merge_method: Optional[str] = typer.Option(None, "--merge", help="linear, slerp, or ties / dare_ties / dare_linear "
-                                                                  "(mergekit, the parent as base). Default: the recipe's [phases.merge]."),
+                                                                  "(mergekit, the parent as base). Default: the recipe's phase-5 merge table (linear)."),
     merge_weight: Optional[float] = typer.Option(None, "--merge-weight", help="The parent's weight in the merge. Default: "
                                                                              "the recipe's (IBM: 0.15)."),
     merge_weights: Optional[str] = typer.Option(None, "--merge-weights", help="Candidate parent weights, e.g. "

@@ -28,7 +28,7 @@ def merge_command(
                                                       "or one weight per model separated by commas. Default: equal."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
 ) -> None:
-    """Merge checkpoints of one architecture (linear or SLERP), with lineage naming every parent."""
+    """Merge checkpoints of one architecture (linear, SLERP, or TIES / DARE through mergekit), with lineage naming every parent."""
     import torch
 
     from model.checkpoint import load_model, read_lineage, save_checkpoint
