@@ -156,12 +156,14 @@ def default_stage(checkpoint: Optional[str]) -> str:
     from model.checkpoint import read_lineage
 
     lineage = read_lineage(Path(checkpoint)) if checkpoint else []
-    if not lineage:
+    trained = [entry for entry in lineage if entry.get("stage") != "merge"]
+    if not trained:
         return Path(checkpoint).name if checkpoint else "endpoint"
-    last = lineage[-1]
+    last = trained[-1]  # a merge names the stage whose result it merged (extend-context's stages end in one)
     arguments = last.get("arguments", {})
     phase, stage = arguments.get("phase"), arguments.get("stage")
-    return f"{last['stage']}" + (f" phase {phase}" if phase is not None else "") + (f" stage {stage}" if stage is not None else "")
+    return (f"{last['stage']}" + (f" phase {phase}" if phase is not None else "") + (f" stage {stage}" if stage is not None else "")
+            + (" merged" if lineage[-1].get("stage") == "merge" else ""))
 
 
 CHAT_STAGES = ("sft", "rl")  # a model that went through one of these answers chat turns
