@@ -131,6 +131,7 @@ def test_resume_refuses_a_different_input(tokenizer_dir, tmp_path):
 
 
 def test_bare_pipe_uses_the_run_directory(tokenizer_dir, tmp_path):
+    import os
     import shutil
     import subprocess
     import sys
@@ -138,8 +139,9 @@ def test_bare_pipe_uses_the_run_directory(tokenizer_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tokenizer_dir, run / "tokenizer")
     granite_cmd = f"{sys.executable} -m granite_cli"
+    # a wide console: rich wraps long paths at the terminal width, which the temporary directory's name would decide
     proc = subprocess.run(f"{granite_cmd} mix --phase 4 --run-dir {run} | {granite_cmd} tokenize --run-dir {run}",
-                          shell=True, capture_output=True)
+                          shell=True, capture_output=True, env={**os.environ, "COLUMNS": "400"})
     assert proc.returncode == 0, proc.stderr.decode()
     assert "shards/phase-4" in proc.stderr.decode()
     assert ShardSet(run / "shards" / "phase-4").verify() == []
