@@ -94,7 +94,7 @@ def extend_context_command(
     if method not in METHODS + MERGEKIT_METHODS:
         raise BadInput(f"--merge must be one of {', '.join(METHODS + MERGEKIT_METHODS)}")
     weight = merge_weight if merge_weight is not None else (phase.merge.base_weight if phase.merge else 0.15)
-    candidates = parse_weights(merge_weights) if merge_weights else [weight]
+    candidates = parse_candidates(merge_weights) if merge_weights else [weight]
     tokens_per_step = parse_count(batch_tokens, "--batch-tokens") if batch_tokens else phase.training.batch_tokens
     index = phase.stages.index(chosen[0])
     parent = Path(init_from) if init_from else (loaded.paths.checkpoint(f"extend-context-{phase.stages[index - 1].name}")
@@ -109,7 +109,7 @@ def extend_context_command(
         console.print(f"phase 5 done: [bold]{final}[/] is the last stage's merged model (sft starts from it)")
 
 
-def parse_weights(text: str) -> list[float]:
+def parse_candidates(text: str) -> list[float]:
     try:
         weights = [float(w) for w in text.split(",") if w.strip()]
     except ValueError:

@@ -65,10 +65,11 @@ def chunked_logprobs(hidden, weight, labels, scale: float, chunk_tokens: int, en
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
     labelled = flat_labels != IGNORE
-    if not bool(labelled.any()):  # nothing to score (a padding row): zeros that still depend on the graph
+    count = int(labelled.sum())  # one device sync a forward
+    if count == 0:  # nothing to score (a padding row): zeros that still depend on the graph
         zeros = (hidden.sum() * 0).expand(labels.shape).to(torch.float32)
         return zeros, (zeros if entropy else None)
-    if not bool(labelled.all()):
+    if count < flat_labels.numel():
         where = labelled.nonzero().squeeze(1)
         logp, ent = chunked_logprobs(flat_hidden[where][None], weight, flat_labels[where][None], scale, chunk_tokens, entropy)
         full = torch.zeros(flat_labels.shape, dtype=logp.dtype, device=logp.device).index_copy(0, where, logp[0])

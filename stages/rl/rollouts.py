@@ -108,9 +108,8 @@ class Rollouts:
         sequences = [self.sequence(group, completion, advantages[g, c], bool(zero_variance[g]))
                      for g, group in enumerate(groups) for c, completion in enumerate(group.completions)]
         order = np.random.default_rng([self.s.seed, step, 2]).permutation(len(sequences))
-        parts = [part for part in np.array_split(order, self.s.updates_per_batch)]
         scored_at = time.perf_counter()
-        minibatches = [self.pack([sequences[i] for i in part]) for part in parts]
+        minibatches = [self.pack([sequences[i] for i in part]) for part in np.array_split(order, self.s.updates_per_batch)]
         self.score_old_and_reference(minibatches)
         timing["seconds_scoring"] = time.perf_counter() - scored_at
         self._metrics = self.metrics(groups, zero_variance, timing, draws, minibatches)
