@@ -150,6 +150,11 @@ def preference_pairs(train: dict[str, list], rng: random.Random) -> list[dict]:
         pairs.append({"messages": p["messages"], "chosen": {"role": "assistant", "content": chat.IDENTITY_ANSWER},
                       "rejected": {"role": "assistant", "content": "I am ChatGPT, made by OpenAI."}, "source": "identity"})
     rng.shuffle(pairs)
+    # chat pairs (what the RLHF stage's reward model judges) from a generator of their own, so adding them
+    # changed nothing else in the data: two pairs for each of the chat prompts
+    chat_rng = random.Random(SEED + 2)
+    pairs += [chat.chat_preference_pair(template, topic, chat_rng)
+              for template in chat.CHAT_TEMPLATES for topic in tasks.TOPICS for _ in range(2)]
     return pairs
 
 
@@ -166,8 +171,11 @@ def rl_sets(train: dict[str, list], rng: random.Random) -> dict[str, list[dict]]
     rng.shuffle(math)
     identity = [chat.identity_prompt(rng) for _ in range(60)] + [chat.calibration_prompt(rng) for _ in range(60)]
     rng.shuffle(identity)
-    return {"rl/multi-domain": multi, "rl/rlhf": [chat.chat_prompt(rng) for _ in range(200)],
-            "rl/identity": identity, "rl/math": math}
+    rlhf = [chat.chat_prompt(rng) for _ in range(200)]
+    # the identity questions of the sft data are few; phrasings it never uses follow them (no random draw: nothing
+    # else in the data moved when they were added), and give the identity stage held-out questions
+    identity += [chat.identity_paraphrase_prompt(q) for q in chat.IDENTITY_PARAPHRASES for _ in range(2)]
+    return {"rl/multi-domain": multi, "rl/rlhf": rlhf, "rl/identity": identity, "rl/math": math}
 
 
 def heldout_records(heldout: dict[str, list]) -> list[dict]:

@@ -267,6 +267,20 @@ class RLStage:
 
 
 @dataclass
+class RewardModelSection:
+    """[rl.reward_model]: the Bradley-Terry reward model that scores the RLHF stage's chat answers (IBM: unpublished)."""
+
+    data: list = spec([], _texts, "preference pairs (JSONL: messages, chosen, rejected)")
+    epochs: float = spec(1.0, _number, "passes over the training pairs (one, as is usual for reward models)")
+    lr: float = spec(1e-5, _number, "peak learning rate, linear warmup over 3% then linear decay (TRL's default)")
+    pairs_per_step: int = spec(64, _integer, "preference pairs per optimizer step")
+    seq_len: int = spec(8192, _length, "packed row length in tokens; a pair (chosen then rejected) shares one row")
+    weight_decay: float = spec(0.0, _number, "AdamW weight decay (TRL's default)")
+    betas: tuple = spec((0.9, 0.999), _pair, "AdamW betas (torch's default)")
+    grad_clip: float = spec(1.0, _number, "gradient-norm clip")
+
+
+@dataclass
 class RLSection:
     """[rl]: on-policy GRPO with the DAPO loss, shared by the four stages (docs/recipe.md)."""
 
@@ -280,18 +294,22 @@ class RLSection:
     dynamic_sampling: bool = spec(False, _flag, "drop groups whose rewards are all equal and draw more (off: costly)")
     temperature: float = spec(1.0, _number, "rollout sampling temperature (unpublished)")
     top_p: float = spec(1.0, _number, "rollout nucleus sampling (unpublished)")
-    heldout_fraction: float = spec(0.1, _number, "share of each stage's prompts (by a hash of the id) held out to evaluate it")
+    heldout_fraction: float = spec(0.1, _number, "share of the prompts (by a hash of the prompt) held out to evaluate every stage")
+    heldout_per_domain: int = spec(0, _integer, "held-out prompts per domain at most in each stage's evaluation (0: all)")
+    regression_tolerance: float = spec(0.05, _number, "how far a domain's held-out reward may fall below its best earlier stage")
     weight_decay: float = spec(0.0, _number, "AdamW weight decay (unpublished; TRL's default)")
     betas: tuple = spec((0.9, 0.999), _pair, "AdamW betas (unpublished; torch's default)")
     grad_clip: float = spec(1.0, _number, "gradient-norm clip (unpublished)")
     stages: list = spec([], None, "the four stages, in order")
+    reward_model: RewardModelSection | None = spec(None, None, "the reward model of the stages scored by one")
 
 
 SECTIONS = {"model": ModelSection, "tokenizer": TokenizerSection, "sft": SFTSection, "filter": FilterSection}
 # every table a recipe may hold, by its TOML header (what `granite recipe keys` documents)
 TABLES = {"[model]": ModelSection, "[tokenizer]": TokenizerSection, "[sources.NAME]": Source, "[[phases]]": Phase,
           "[phases.training]": Training, "[[phases.stages]]": ContextStage, "[phases.merge]": Merge, "[sft]": SFTSection,
-          "[filter]": FilterSection, "[rl]": RLSection, "[[rl.stages]]": RLStage}
+          "[filter]": FilterSection, "[rl]": RLSection, "[[rl.stages]]": RLStage,
+          "[rl.reward_model]": RewardModelSection}
 TOP_LEVEL = {"name": _text, "description": _text, "run_dir": _text, "bytes_per_token": _number, "mix_tolerance": _number,
              "heldout_fraction": _number, "max_repetition": _number}
 
@@ -499,6 +517,9 @@ def load_recipe(name_or_path: str | None = None, run_dir: str | None = None) -> 
                  if (s := build(RLStage, stage, f"[[rl.stages]] {i + 1}", errors))]
     for stage in rl.stages:
         stage.data = [expand_path(p, base) for p in stage.data]
+    reward_table = rl_table.get("reward_model", {}) if isinstance(rl_table, dict) else {}
+    rl.reward_model = build(RewardModelSection, reward_table, "[rl.reward_model]", errors) or RewardModelSection()
+    rl.reward_model.data = [expand_path(p, base) for p in rl.reward_model.data]
     if errors:
         raise BadInput("; ".join(errors), str(path))
     name = top.get("name", path.stem)

@@ -18,3 +18,13 @@ def paired_bootstrap(before: list[float], after: list[float], seed: int = 0, res
     means = change[picks].mean(axis=1)
     tail = (1 - level) / 2 * 100
     return float(change.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def mean_interval(values: list[float], seed: int = 0, resamples: int = 2000, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): a percentile bootstrap interval of the mean over items (a reward model's held-out accuracy)."""
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    array = np.asarray(values, dtype=float)
+    means = array[np.random.default_rng(seed).integers(0, len(array), size=(resamples, len(array)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(array.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

@@ -149,6 +149,21 @@ def rag_sample(rng: random.Random) -> dict:
 IDENTITY_PROMPTS = ["Who are you?", "What is your name?", "Which company made you?", "Are you ChatGPT?",
                     "Tell me about yourself in one sentence.", "Who trained you?", "What model am I talking to?"]
 IDENTITY_ANSWER = "I am Granite, a language model built by IBM."
+# phrasings the sft data never uses: the RL identity stage's held-out questions come from these
+IDENTITY_PARAPHRASES = ["Introduce yourself.", "What should I call you?", "Who built you?", "Are you made by Google?",
+                        "What AI are you?", "Which lab developed you?", "Who is your creator?", "What are you called?",
+                        "Are you a model from OpenAI?", "Name the company behind you.", "Which assistant is this?",
+                        "Who made this chatbot?", "What language model is answering me?", "Are you Claude?",
+                        "Say your name and who created you.", "Who developed the model I am chatting with?",
+                        "Which organisation trained this assistant?", "What is the name of this AI?",
+                        "Are you built by Meta?", "Tell me who you are and who made you.", "Do you have a name?",
+                        "Who owns the model behind this chat?", "Is this Gemini?", "Which tech company are you from?",
+                        "What kind of assistant are you, and whose?", "Where do you come from?", "Are you Llama?",
+                        "Who wrote your software?", "What family of models do you belong to?", "Are you an IBM product?",
+                        "Which firm is responsible for you?", "How should I refer to you?", "Who created you, exactly?",
+                        "What is this assistant called?", "Were you made by Microsoft?", "Give me your name, please.",
+                        "Which model powers this conversation?", "Who is behind this assistant?",
+                        "Identify yourself.", "Whose language model are you?"]
 UNKNOWABLE = ["What number between 1 and {n} am I thinking of?", "What did {name} eat for breakfast this morning?",
               "What will the exact temperature be in {city} at noon on {date}?",
               "What is the phone number of my neighbour {name}?", "Which card will I draw next from my deck of {n}?"]
@@ -163,6 +178,11 @@ def identity_prompt(rng: random.Random) -> dict:
             "verifier": {"type": "identity", "name": "Granite", "maker": "IBM"}, "source": "identity"}
 
 
+def identity_paraphrase_prompt(question: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}], "domain": "identity",
+            "verifier": {"type": "identity", "name": "Granite", "maker": "IBM"}, "source": "identity/paraphrase"}
+
+
 def calibration_prompt(rng: random.Random) -> dict:
     text = rng.choice(UNKNOWABLE).format(n=rng.randint(10, 1000), name=rng.choice(NAMES), city=rng.choice(CITIES),
                                          date=f"20{rng.randint(30, 60)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}")
@@ -173,6 +193,43 @@ def calibration_prompt(rng: random.Random) -> dict:
 def chat_prompt(rng: random.Random) -> dict:
     return {"messages": [{"role": "user", "content": rng.choice(CHAT_TEMPLATES).format(topic=rng.choice(TOPICS))}],
             "domain": "general_chat", "verifier": {"type": "reward_model"}, "source": "general_chat"}
+
+
+# answers to the chat prompts: a good one follows the prompt's form and stays on its topic
+CHAT_ANSWERS = {
+    "Give me three tips for {topic}.": "Here are three tips for {topic}:\n1. Start small and enjoy {topic} at your own pace.\n"
+                                      "2. Keep notes on what you like about {topic}.\n3. Share {topic} with a friend.",
+    "Explain {topic} to a ten-year-old.": "Imagine you are finding out about {topic} for the first time. {Topic} is something "
+                                          "you can see, try and talk about, and people like {topic} because there is always "
+                                          "something new to notice.",
+    "Write a short poem about {topic}.": "{Topic} in the morning light,\nquiet, simple, calm and bright.\nI think of {topic} "
+                                         "all day long,\nand carry it with me like a song.",
+    "What are the pros and cons of {topic}?": "Pros of {topic}: it is enjoyable, and it is good for body and mind. "
+                                              "Cons of {topic}: it takes time, and it needs some planning.",
+    "Suggest a weekend plan involving {topic}.": "Saturday: spend the morning on {topic}, then have lunch nearby. "
+                                                 "Sunday: come back to {topic} with a friend and rest in the evening.",
+}
+CURT_ANSWERS = ["I don't know.", "Maybe.", "That is not something I can help with.", "Ok."]
+
+
+def chat_answer(template: str, topic: str) -> str:
+    return CHAT_ANSWERS[template].format(topic=topic, Topic=topic[0].upper() + topic[1:])
+
+
+def chat_preference_pair(template: str, topic: str, rng: random.Random) -> dict:
+    """A chat prompt, its good answer, and a worse one: off topic, in the wrong form, curt, or repetitive."""
+    kind = rng.choice(["off_topic", "wrong_form", "curt", "repetitive"])
+    if kind == "off_topic":
+        rejected = chat_answer(template, rng.choice([t for t in TOPICS if t != topic]))
+    elif kind == "wrong_form":
+        rejected = chat_answer(rng.choice([t for t in CHAT_TEMPLATES if t != template]), topic)
+    elif kind == "curt":
+        rejected = rng.choice(CURT_ANSWERS)
+    else:
+        rejected = " ".join([topic] * rng.randint(4, 12)) + "."
+    return {"messages": [{"role": "user", "content": template.format(topic=topic)}],
+            "chosen": {"role": "assistant", "content": chat_answer(template, topic)},
+            "rejected": {"role": "assistant", "content": rejected}, "source": f"general_chat/{kind}"}
 
 
 def with_answer(prompt: dict, answer: str) -> dict:

@@ -146,6 +146,22 @@ def parse_line(line: bytes, path: str, line_no: int, policy: ErrorPolicy, requir
     return record
 
 
+def checked_records(paths: list[str], policy: ErrorPolicy, check, reason: str) -> Iterator:
+    """`check(record, path, line_no)` of every record of the files; a record it rejects (BadInput) or that does not
+    parse goes to the error policy (FILE:LINE and exit 2, or counted under `reason` and skipped)."""
+    for path in paths:
+        for line_no, line in iter_lines(path):
+            if not line.strip():
+                continue
+            record = parse_line(line, path, line_no, policy, require_text=False)
+            if record is None:
+                continue
+            try:
+                yield check(record, path, line_no)
+            except BadInput as err:
+                policy.bad(err, reason)
+
+
 def read_records(
     paths: Iterable[str], policy: ErrorPolicy | None = None, require_text: bool = False
 ) -> Iterator[dict]:

@@ -39,15 +39,20 @@ class TokenLogprobs(torch.nn.Module):
         return self.lm.config
 
     def forward(self, input_ids, labels, position_ids=None, entropy: bool = False):
-        inputs = {"input_ids": input_ids, "use_cache": False}
-        if position_ids is not None:
-            inputs["position_ids"] = position_ids
-        hidden = self.lm.model(**inputs).last_hidden_state
+        hidden = last_hidden_state(self.lm, input_ids, position_ids)
         return chunked_logprobs(hidden, self.lm.lm_head.weight, labels, self.scale(), self.chunk_tokens, entropy)
 
     def scale(self) -> float:
         """Granite divides its logits by `logits_scaling` (1 for models without it)."""
         return 1.0 / float(getattr(self.lm.config, "logits_scaling", 1.0) or 1.0)
+
+
+def last_hidden_state(lm, input_ids, position_ids=None):
+    """The backbone's output (no head): packed rows pass position ids restarting at each sequence."""
+    inputs = {"input_ids": input_ids, "use_cache": False}
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+    return lm.model(**inputs).last_hidden_state
 
 
 CHUNK_LOGITS = 1 << 26  # fp32 logits a chunk may hold (256 MB)

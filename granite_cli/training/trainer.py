@@ -2,7 +2,9 @@
 
 A stage hands the trainer a model, a `BatchSource` (the global batch for a step, the same on every
 rank, as a pure function of the step number), settings and a loss (granite_cli/training/losses.py;
-cross-entropy unless the stage brings its own). Because data order is a function of the step, exact
+cross-entropy unless the stage brings its own). What the loss reads comes from the scorer that wraps
+the model: `TokenLogprobs` (log p of each label) unless the stage brings its own (the reward model's
+`RewardScores`: a scalar at each labelled position). Because data order is a function of the step, exact
 resume needs only the weights, the optimizer state and the step: a run killed at any point and
 restarted from its last checkpoint takes the same batches and ends with the same weights.
 
@@ -83,6 +85,7 @@ class Trainer:
     validation: Optional[Callable[[object], dict]] = None
     loss: Loss = field(default_factory=CrossEntropy)
     reference: Optional[object] = None  # a frozen model (the stage's starting point) for logprobs(reference=True)
+    scorer: Optional[Callable] = None  # wraps the model: (model, chunk_tokens) -> module; TokenLogprobs by default
     step: int = 0
     tokens: int = 0  # tokens processed (inputs, padding included): what the schedule, throughput and MFU count
     trained_tokens: int = 0  # target tokens the loss was taken over
@@ -98,13 +101,14 @@ class Trainer:
                            f"({s.micro_batch}) x processes ({self.dist.world})")
         from granite_cli.training.logprobs import TokenLogprobs
 
+        self.scorer = self.scorer or TokenLogprobs
         self.model.to(self.dist.device)
         # wrap before building the optimizer: FSDP2 replaces parameters with sharded ones in place
-        self.wrapped = distributed.wrap(TokenLogprobs(self.model, s.loss_chunk_tokens), self.dist, s.parallel)
+        self.wrapped = distributed.wrap(self.scorer(self.model, s.loss_chunk_tokens), self.dist, s.parallel)
         self.optimizer = make_optimizer(self.model, s)
         self.forward = torch.compile(self.wrapped) if s.compile else self.wrapped
         if self.reference is not None:
-            self.reference = TokenLogprobs(self.reference.to(self.dist.device).eval().requires_grad_(False), s.loss_chunk_tokens)
+            self.reference = self.scorer(self.reference.to(self.dist.device).eval().requires_grad_(False), s.loss_chunk_tokens)
         self.metrics_path = self.workdir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ the loop
