@@ -64,10 +64,16 @@ all: install eval-data
 	  -o runs/$(RECIPE)/filter/kept.jsonl.zst --audit runs/$(RECIPE)/filter/audit.jsonl
 	$(GRANITE) sft --recipe $(RECIPE) --overwrite
 	$(GRANITE) eval runs/$(RECIPE)/checkpoints/sft --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
-	# RL stage 1 (multi-domain, verifier rewards) from the SFT model; it prints its held-out reward per domain
-	$(GRANITE) rl --stage 1 --recipe $(RECIPE) --overwrite
-	$(GRANITE) eval runs/$(RECIPE)/checkpoints/rl-stage-1 --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
-	$(GRANITE) info runs/$(RECIPE)/checkpoints/rl-stage-1
+	# the reward model the RLHF stage is scored by, from the SFT model; it prints its held-out pairwise accuracy
+	$(GRANITE) rl reward-model --recipe $(RECIPE) --overwrite
+	# RL stages 1-4 (multi-domain, rlhf, identity-calibration, math), each from the one before; each prints the
+	# regression table: every domain's held-out reward after every stage so far
+	for stage in 1 2 3 4; do \
+	  $(GRANITE) rl --stage $$stage --recipe $(RECIPE) --overwrite || exit 1; \
+	  $(GRANITE) eval runs/$(RECIPE)/checkpoints/rl-stage-$$stage --recipe $(RECIPE) \
+	    --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64 || exit 1; \
+	done
+	$(GRANITE) info runs/$(RECIPE)/checkpoints/rl-stage-4
 	$(GRANITE) eval table --recipe $(RECIPE)
 
 # Side-by-side measurements with the tools a user would otherwise pick (their packages are installed here only).
@@ -84,6 +90,7 @@ bench: install
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_sandbox.py
 	$(PY) benchmarks/bench_rl.py
+	$(PY) benchmarks/bench_reward_model.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -123,6 +123,21 @@ def read_lineage(directory: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def stage_label(directory: Path) -> str:
+    """What made a checkpoint, as `granite eval table` labels its rows: "pretrain phase 2", "sft", "rl stage 3",
+    "extend-context phase 5 stage 4K merged" (a merge names the stage whose result it merged); the directory's
+    name for a checkpoint without lineage."""
+    lineage = read_lineage(Path(directory))
+    trained = [entry for entry in lineage if entry.get("stage") != "merge"]
+    if not trained:
+        return Path(directory).name
+    last = trained[-1]
+    arguments = last.get("arguments", {})
+    phase, stage = arguments.get("phase"), arguments.get("stage")
+    return (f"{last['stage']}" + (f" phase {phase}" if phase is not None else "") + (f" stage {stage}" if stage is not None else "")
+            + (" merged" if lineage[-1].get("stage") == "merge" else ""))
+
+
 def lineage_entry(stage: str, arguments: dict, inputs: list[dict], metrics: dict) -> dict:
     return {"stage": stage, "arguments": arguments, "inputs": inputs, "metrics": metrics,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}

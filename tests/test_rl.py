@@ -15,7 +15,7 @@ from granite_cli.training.logprobs import IGNORE, TokenLogprobs
 from granite_cli.verify import verify
 from stages.rl.advantages import group_advantages, overlong_penalty
 from stages.rl.objective import PolicyLoss
-from stages.rl.rewards import score
+from stages.rl.rewards import Rewarder
 from stages.rl.rollouts import Rollouts, RolloutSettings, Sequence
 
 LN2 = math.log(2)
@@ -105,8 +105,8 @@ def test_a_failing_or_hanging_verifier_gives_zero_and_is_counted(monkeypatch):
 
     monkeypatch.setitem(registry.VERIFIERS, "broken", broken)
     monkeypatch.setitem(registry.VERIFIERS, "hangs", hangs)
-    rewards, failures = score(["42", "x", "y"], [{"type": "numeric", "answer": 42}, {"type": "broken"}, {"type": "hangs"}],
-                              workers=3, timeout=0.5)
+    rewards, failures = Rewarder(workers=3, timeout=0.5).check(
+        ["42", "x", "y"], [{"type": "numeric", "answer": 42}, {"type": "broken"}, {"type": "hangs"}])
     assert rewards == [1.0, 0.0, 0.0]
     assert failures == {"broken: RuntimeError": 1, "hangs: timeout": 1}
 
@@ -142,7 +142,7 @@ def test_every_stage1_domain_verifier_accepts_the_gold_answer_and_rejects_a_wron
 def packing_rollouts(normalisation="dapo"):
     settings = RolloutSettings(samples_per_prompt=2, prompts_per_step=1, max_new_tokens=4, temperature=1.0, top_p=1.0,
                                updates_per_batch=1, pack_len=12, rows_multiple=1, seed=0, normalisation=normalisation)
-    return Rollouts([], settings, eos_id=0, pad_id=1)
+    return Rollouts([], settings, Rewarder(), eos_id=0, pad_id=1)
 
 
 def test_packing_trains_only_completion_tokens_and_restarts_positions():

@@ -6,21 +6,18 @@
 Every checker has the signature (response text, verifier record) -> Verdict with a score in [0, 1].
 Kinds: numeric, math (math-verify's equivalence), exact, multiple_choice, constraints (the bundled
 instruction tasks), json_schema, sql, identity and abstain (granite_cli/verify/answers.py); ifeval (IFEval's 25 instruction types, ifeval.py); bfcl
-(function-call AST match, bfcl.py); code (a program's tests in the sandbox, code.py); reward_model,
-a hook that a stage fills with `set_reward_model(score_fn)` (rl's chat domain) — without one it is
-an error, never a silent zero.
+(function-call AST match, bfcl.py); code (a program's tests in the sandbox, code.py). A record of type
+reward_model (rl's chat prompts) is scored by the stage's reward model, which needs the prompt as well as
+the answer (stages/rl/rewards.py): here it is an error, never a silent zero.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Callable
 
 from granite_cli.errors import BadInput
 from granite_cli.verify.answers import CHECKERS, Verdict
-
-_reward_scorer: Optional[Callable[[str, dict], float]] = None
-
 
 def _ifeval(response: str, verifier: dict) -> Verdict:
     from granite_cli.verify import ifeval
@@ -44,21 +41,13 @@ def _code(response: str, verifier: dict) -> Verdict:
 
 
 def _reward_model(response: str, verifier: dict) -> Verdict:
-    if _reward_scorer is None:
-        raise BadInput("verifier type 'reward_model' needs a reward model: train one (`granite rl reward-model`) and pass it to "
-                       "the stage, or leave the chat domain out")
-    return Verdict(float(_reward_scorer(response, verifier)), "reward model score")
+    raise BadInput("verifier type 'reward_model' is scored by a reward model with the prompt, not by a checker: `granite rl` "
+                   "scores it with the model `granite rl reward-model` trains")
 
 
 VERIFIERS: dict[str, Callable[[str, dict], Verdict]] = {
     **CHECKERS, "ifeval": _ifeval, "bfcl": _bfcl, "code": _code, "reward_model": _reward_model,
 }
-
-
-def set_reward_model(score: Optional[Callable[[str, dict], float]]) -> None:
-    """Install the scorer behind verifier type `reward_model` (None removes it)."""
-    global _reward_scorer
-    _reward_scorer = score
 
 
 def verify(response: str, verifier: dict) -> Verdict:

@@ -28,7 +28,8 @@ from granite_cli.errors import BadInput
 from stages.eval import ruler
 from stages.eval.judged import add_interval
 from stages.eval.published import MODELS
-from stages.eval.results import read_results, results_table, shown, stages_table, summarize, write_results
+from granite_cli.eval_results import write_results
+from stages.eval.results import read_results, results_table, shown, stages_tables, summarize
 from stages.eval.runner import LM_EVAL_FEWSHOT_SEED, FewShot, evaluate, load_items
 from stages.eval.tasks import TaskSpec, get_task
 
@@ -153,17 +154,9 @@ def make_judge(specs: list[TaskSpec], judge: Optional[str], judge_model: Optiona
 
 
 def default_stage(checkpoint: Optional[str]) -> str:
-    from model.checkpoint import read_lineage
+    from model.checkpoint import stage_label
 
-    lineage = read_lineage(Path(checkpoint)) if checkpoint else []
-    trained = [entry for entry in lineage if entry.get("stage") != "merge"]
-    if not trained:
-        return Path(checkpoint).name if checkpoint else "endpoint"
-    last = trained[-1]  # a merge names the stage whose result it merged (extend-context's stages end in one)
-    arguments = last.get("arguments", {})
-    phase, stage = arguments.get("phase"), arguments.get("stage")
-    return (f"{last['stage']}" + (f" phase {phase}" if phase is not None else "") + (f" stage {stage}" if stage is not None else "")
-            + (" merged" if lineage[-1].get("stage") == "merge" else ""))
+    return stage_label(Path(checkpoint)) if checkpoint else "endpoint"
 
 
 CHAT_STAGES = ("sft", "rl")  # a model that went through one of these answers chat turns
@@ -205,4 +198,5 @@ def table_command(
     from granite_cli.recipe import load_recipe
 
     paths = [Path(d) for d in directories] if directories else sorted(load_recipe(recipe, run_dir).paths.eval_root.glob("*/"))
-    console.print(stages_table(read_results(paths)))
+    for table in stages_tables(read_results(paths)):
+        console.print(table)

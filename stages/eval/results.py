@@ -4,15 +4,12 @@ and the tables `granite eval` and `granite eval table` print. A later report rea
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from rich.table import Table
 
-from granite_cli.data.atomic import atomic_path
 from granite_cli.errors import BadInput
 from stages.eval.published import MODELS, PUBLISHED
 
@@ -56,16 +53,6 @@ def natural_key(text: str) -> list:
 
 
 # ------------------------------------------------------------------ output
-def write_results(out: Path, model: str, stage: str, results: dict, samples: list[dict]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    document = {"model": model, "stage": stage, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": sys.argv, "tasks": results}
-    with atomic_path(out / "samples.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(document, indent=2))
-
-
 def results_table(results: dict, compare: Optional[str]) -> Table:
     size = MODELS.get(compare) if compare else None
     table = Table(title="eval results" + (f" — IBM {compare} beside" if compare else ""), title_justify="left")
@@ -101,15 +88,44 @@ def read_results(paths: list[Path]) -> list[dict]:
     return sorted(documents, key=lambda d: d["created"])
 
 
-def stages_table(documents: list[dict]) -> Table:
-    """One row per evaluated stage, one column per task's main metric."""
-    task_names = list(dict.fromkeys(name for d in documents for name in d["tasks"]))
+RL_REWARD = "rl_reward:"  # the prefix of the per-domain rewards `granite rl` writes as tasks
+
+
+def stages_tables(documents: list[dict]) -> list[Table]:
+    """The benchmarks (rows: stages, columns: each task's main metric) and, when rl wrote any, the held-out RL reward
+    (rows: domains, columns: stages). Documents of the same stage share its row (or column); where two give the same
+    task, the later one shows."""
+    by_stage: dict[str, dict] = {}
+    for document in documents:
+        by_stage.setdefault(document["stage"], {}).update(document["tasks"])
+    benchmarks = {stage: {n: t for n, t in tasks.items() if not n.startswith(RL_REWARD)} for stage, tasks in by_stage.items()}
+    rewards = {stage: {n[len(RL_REWARD):]: t for n, t in tasks.items() if n.startswith(RL_REWARD)} for stage, tasks in by_stage.items()}
+    tables = [by_task(benchmarks)] if any(benchmarks.values()) else []
+    if any(rewards.values()):
+        tables.append(by_domain({stage: tasks for stage, tasks in rewards.items() if tasks}))
+    return tables
+
+
+def by_task(rows: dict[str, dict]) -> Table:
+    names = list(dict.fromkeys(name for tasks in rows.values() for name in tasks))
     table = Table(title="evaluation after each stage (percent; bits_per_byte: lower is better)", title_justify="left")
     table.add_column("stage")
-    for name in task_names:
-        metric = next(d["tasks"][name]["main_metric"] for d in documents if name in d["tasks"])
+    for name in names:
+        metric = next(tasks[name]["main_metric"] for tasks in rows.values() if name in tasks)
         table.add_column(f"{name}\n{metric}", justify="right")
-    for document in documents:
-        table.add_row(document["stage"], *[shown(document["tasks"][n]["main_metric"], document["tasks"][n]["value"])
-                                           if n in document["tasks"] else "-" for n in task_names])
+    for stage, tasks in rows.items():
+        if tasks:
+            table.add_row(stage, *[shown(tasks[n]["main_metric"], tasks[n]["value"]) if n in tasks else "-" for n in names])
+    return table
+
+
+def by_domain(columns: dict[str, dict]) -> Table:
+    domains = list(dict.fromkeys(d for tasks in columns.values() for d in tasks))
+    table = Table(title="held-out RL reward by domain after each stage (mean reward; `granite rl` prints the changes "
+                        "with their intervals)", title_justify="left")
+    table.add_column("domain")
+    for stage in columns:
+        table.add_column(stage, justify="right")
+    for domain in domains:
+        table.add_row(domain, *[f"{columns[s][domain]['value']:.3f}" if domain in columns[s] else "-" for s in columns])
     return table

@@ -1,18 +1,22 @@
 """granite rl: on-policy GRPO with the DAPO loss over verified rewards, one recipe stage at a time.
 
-    granite rl --stage 1 [PROMPTS ...] [--init-from CKPT] [-o CKPT]
+    granite rl --stage N [PROMPTS ...] [--init-from CKPT] [-o CKPT] [--reward-model RM]
+    granite rl reward-model [PAIRS ...]        (reward_model.py: the reward model stage 2 is scored by)
 
 1. settings: the recipe's [rl] table (IBM: G=16, 64 prompts a step, 8K context, DAPO's token-level loss and
    0.2/0.28 clip) and its [[rl.stages]] entry (data, LR, KL beta, steps); flags win.
 2. prompts (prompts.py): RL prompts checked before training (an unknown verifier is FILE:LINE, exit 2); a fixed
-   share held out; reward-model prompts left out, counted, until the stage has a reward model.
+   share held out; chat prompts (verifier `reward_model`) scored by the reward model (rewards.py) when there is
+   one, else left out, counted; stage 2 (rlhf) needs one.
 3. model: the starting checkpoint (stage 1: sft; stage N: rl-stage-(N-1)) is the policy, and a frozen copy is
    the KL reference (none with --beta 0).
 4. train: the shared loop (granite_cli/training/) with rollouts (rollouts.py) as its batch source and the
    policy loss (objective.py); `--updates-per-batch` optimizer steps per rollout batch; exact resume.
-5. evaluate (heldout.py): the held-out prompts answered before and after (K samples a prompt at the rollouts'
-   temperature), per domain, with a paired bootstrap interval; the table goes to the lineage and heldout.jsonl
-   into the checkpoint.
+5. evaluate (heldout.py, regression.py): the held-out prompts of every stage's data answered before and after
+   (K samples a prompt at the rollouts' temperature), per domain, with a paired bootstrap interval; the regression
+   table (domains x the starting model and each stage) is printed and goes to the lineage, heldout.jsonl into the
+   checkpoint and the per-domain rewards to <run-dir>/eval/ for `granite eval table`. A domain that fell more than
+   --regression-tolerance below its best earlier stage is a warning, or exit 1 with --fail-on-regression.
 
 Where this departs from the papers:
 - The group std is the unbiased one plus 1e-6 (TRL and verl do the same; the GRPO paper does not say).
@@ -38,7 +42,7 @@ import typer
 
 from granite_cli import options
 from granite_cli.console import console
-from granite_cli.errors import BadInput
+from granite_cli.errors import BadInput, GraniteError
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
 
 SCALE_REWARDS = ("group", "none")
@@ -53,6 +57,9 @@ def rl_command(
                                                                       "<run-dir>/checkpoints/rl-stage-N."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="The starting checkpoint (and KL reference). Default: "
                                                                       "<run-dir>/checkpoints/sft for stage 1, rl-stage-(N-1) after."),
+    reward_model: Optional[str] = typer.Option(None, "--reward-model", help="Reward model (`granite rl reward-model`) that "
+                                               "scores chat prompts. Default: <run-dir>/checkpoints/reward-model where it "
+                                               "exists (stage 2, rlhf, needs one; the other stages then score chat with it too)."),
     recipe: Optional[str] = options.RecipeOption,
     run_dir: Optional[str] = options.RunDirOption,
     steps: Optional[int] = typer.Option(None, "--steps", help="Rollout steps. Recipe default (the stage's `steps`; 0 there: "
@@ -94,6 +101,14 @@ def rl_command(
                                       "the policy's entropy is highest (1: all; 0.2 in 'Beyond the 80/20 rule')."),
     heldout_fraction: Optional[float] = typer.Option(None, "--heldout-fraction", help="Share of prompts held out to evaluate "
                                                      "the stage (0: no evaluation). Recipe default (0.1)."),
+    heldout_per_domain: Optional[int] = typer.Option(None, "--heldout-per-domain", help="Held-out prompts per domain at most "
+                                                     "in the evaluation (0: all). Recipe default."),
+    regression_tolerance: Optional[float] = typer.Option(None, "--regression-tolerance", help="How far a domain's held-out "
+                                                         "reward may fall below its best earlier stage before the stage "
+                                                         "reports a regression. Recipe default."),
+    fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 (after writing the checkpoint) when "
+                                            "a domain regressed, so a pipeline stops before the next stage builds on it; "
+                                            "without it, a warning."),
     heldout_samples: int = typer.Option(4, "--heldout-samples", help="Answers per held-out prompt, at the rollouts' "
                                         "temperature; a prompt scores the mean of their rewards."),
     heldout_temperature: Optional[float] = typer.Option(None, "--heldout-temperature", help="Temperature of the held-out "
@@ -111,7 +126,9 @@ def rl_command(
     from granite_cli.recipe import load_recipe
     from granite_cli.rundir import resolve_init
     from granite_cli.training.schedules import build_schedule
-    from stages.rl import heldout
+    from model.reward_model import RewardScorer
+    from stages.rl import heldout, regression
+    from stages.rl.rewards import Rewarder
     from stages.rl.objective import NORMALISATIONS, PolicyLoss
     from stages.rl.prompts import load_prompts
     from model.generation import Sampling
@@ -123,9 +140,6 @@ def rl_command(
     if entry is None:
         raise BadInput(f"the recipe has no [[rl.stages]] entry number {stage} (it has: "
                        f"{', '.join(str(s.number) for s in table.stages) or 'none'})")
-    if entry.reward == "reward_model":
-        raise BadInput(f"rl stage {stage} ({entry.name}) is scored by a reward model, which `granite rl` cannot train or "
-                       f"load yet: run the verifier stages (1, 3, 4)")
     normalisation = loss or table.loss
     if normalisation not in NORMALISATIONS:
         raise BadInput(f"--loss must be one of {', '.join(NORMALISATIONS)}")
@@ -148,9 +162,17 @@ def rl_command(
     if parent is None:
         raise BadInput("rl starts from a trained chat model: --init-from none is not allowed")
     tokenizer = chat_tokenizer(parent)
+    judge = reward_model_path(reward_model, loaded.paths.checkpoint("reward-model"), entry)
     policy = ErrorPolicy(on_error)
     fraction = heldout_fraction if heldout_fraction is not None else table.heldout_fraction
-    train_prompts, heldout_prompts, counts = load_prompts(paths, policy, fraction, reward_model=False)
+    train_prompts, own_heldout, counts = load_prompts(paths, policy, fraction, reward_model=judge is not None)
+    # on the recipe's data the evaluation covers every stage's domains (the held-out prompts of the other stages'
+    # files too), so each stage's table has the same rows; given PROMPTS, it covers what they hold
+    others = [p for s in table.stages for p in s.data if p not in paths] if not data else []
+    _, other_heldout, _ = load_prompts(others, policy, fraction, reward_model=judge is not None, need_train=False)
+    per_domain = heldout_per_domain if heldout_per_domain is not None else table.heldout_per_domain
+    heldout_prompts = regression.suite(own_heldout + other_heldout, per_domain) if fraction > 0 else []
+    counts["heldout"] = len(heldout_prompts)
     policy.report()
     if any(p.verifier["type"] == "code" for p in train_prompts + heldout_prompts):
         from granite_cli.verify.sandbox import require_isolation
@@ -162,6 +184,7 @@ def rl_command(
             tokenizer.save_pretrained(str(tokenizer_dir))
         model, reference, lineage = policy_and_reference(parent, kl, flags.seed)
         engine = policy_engine(model, tokenizer, run.dist.device, group * per_step)
+        rewarder = Rewarder(verifier_workers, verifier_timeout, RewardScorer(judge, run.dist.device) if judge else None)
         new_tokens = fit_prompts(train_prompts, heldout_prompts, engine, tokenizer, context,
                                  max_new_tokens if max_new_tokens is not None else table.max_new_tokens, counts)
         n_steps = steps if steps is not None else (entry.steps or math.ceil(len(train_prompts) / per_step))
@@ -186,38 +209,85 @@ def rl_command(
             overlong_buffer=overlong_buffer, overlong_penalty=overlong_penalty,
             dynamic_sampling=dynamic_sampling if dynamic_sampling is not None else table.dynamic_sampling,
             max_draws=max_draws, mask_truncated=mask_truncated, skip_zero_variance=skip_zero_variance,
-            top_entropy=top_entropy, reference=kl > 0, verifier_workers=verifier_workers,
-            verifier_timeout=verifier_timeout), tokenizer.eos_token_id, tokenizer.pad_token_id)
+            top_entropy=top_entropy, reference=kl > 0), rewarder, tokenizer.eos_token_id, tokenizer.pad_token_id)
         objective = PolicyLoss(normalisation, epsilon_low if epsilon_low is not None else table.epsilon_low,
                                epsilon_high if epsilon_high is not None else table.epsilon_high, kl, entropy_coef, new_tokens)
         trainer = run.trainer(model, settings, rollouts, tokenizer_dir, lineage, loss=objective, reference=reference)
         rollouts.attach(trainer, engine)
         console.print(f"rl stage {stage} ({entry.name}) from {parent}: {n_steps} steps x {per_step} prompts x {group} samples, "
                       f"up to {new_tokens} new tokens, loss {normalisation}, lr {peak_lr:g}, beta {kl:g}; prompts: "
-                      f"{dict(counts)}; {settings.precision}, {run.dist.world} process(es) on {run.dist.device}")
+                      f"{dict(counts)}; {settings.precision}, {run.dist.world} process(es) on {run.dist.device}"
+                      + (f"; chat scored by the reward model {judge}" if judge else ""))
 
         def evaluate():
-            return heldout.answer(engine, heldout_prompts, evaluation, verifier_workers, verifier_timeout, trainer.autocast)
+            return heldout.answer(engine, heldout_prompts, evaluation, rewarder, trainer.autocast)
 
-        before = cached(run.workdir / "heldout-start.json", repr(evaluation), evaluate) if heldout_prompts else []
+        suite = regression.suite_key(heldout_prompts)
+        sampled = {"temperature": eval_temperature, "samples": evaluation.n, "max_new_tokens": new_tokens, "seed": flags.seed,
+                   "reward_model": str(judge) if judge else None}
+        before = []
+        if heldout_prompts:  # the parent's own "after" answers when it answered this suite the same way
+            before = regression.parent_answers(parent, heldout_prompts, sampled) or cached(run.workdir / "heldout-start.json",
+                                                                                 repr(evaluation), evaluate)
         summary = run.train(trainer)
-        results, files = {}, {}
+        results, files, fallen = {}, {}, []
         if heldout_prompts:
             after = evaluate()
             comparison = heldout.compare(before, after, flags.seed)
-            console.print(heldout.show(comparison, f"held-out reward, rl stage {stage} ({entry.name}): start -> trained "
-                                                   f"(mean of {evaluation.n} answer(s) a prompt at temperature {eval_temperature:g})"))
-            results = {"heldout_reward": comparison, "heldout_sampling": {"temperature": eval_temperature, "samples": evaluation.n}}
+            columns = regression.columns(parent, suite, comparison, parent.name, out.name)
+            tolerance = regression_tolerance if regression_tolerance is not None else table.regression_tolerance
+            fallen = regression.regressions(columns, tolerance)
+            console.print(regression.show(columns, f"held-out reward by domain after rl stage {stage} ({entry.name}): mean "
+                                                   f"of {evaluation.n} answer(s) a prompt at temperature {eval_temperature:g}; "
+                                                   f"change from the column before, 95% paired bootstrap interval"))
+            results = {"heldout_reward": comparison, "heldout_sampling": sampled, "heldout_suite": suite,
+                       "regression": {"suite": suite, "columns": columns, "tolerance": tolerance, "regressions": fallen}}
             files = {"heldout.jsonl": heldout.rows_jsonl(before, after)}
+            write_eval_documents(loaded.paths.eval_root, parent, out, columns, stage)
         run.finish(trainer, summary, {
             "recipe": loaded.name, "stage": stage, "name": entry.name, "steps": n_steps, "lr": peak_lr, "warmup": warmup, "beta": kl,
             "samples_per_prompt": group, "prompts_per_step": per_step, "max_context": context, "max_new_tokens": new_tokens,
             "loss": normalisation, "scale_rewards": scale_rewards, "updates_per_batch": updates_per_batch,
             "prompts": dict(counts), "command": sys.argv,
         }, [input_record(Path(p)) for p in paths], results=results, files=files)
+    if fallen:
+        message = "; ".join(f"{f['domain']} fell to {f['now']:.3f} from {f['best']:.3f} ({f['best_at']}), more than the "
+                            f"tolerance {results['regression']['tolerance']:g}" for f in fallen)
+        if fail_on_regression:
+            raise GraniteError(f"rl stage {stage} regressed: {message}. The checkpoint is in {out}; the next stage should "
+                               f"not build on it as it is")
+        console.print(f"[yellow]warning:[/] rl stage {stage} regressed: {message}")
 
 
 # ------------------------------------------------------------------ inputs
+def reward_model_path(given: Optional[str], default: Path, entry) -> Optional[Path]:
+    """The reward model that scores chat prompts: --reward-model, else the run's one where it exists; a stage whose
+    reward is the reward model's cannot run without one."""
+    from model.reward_model import CALIBRATION
+
+    path = Path(given) if given else default
+    if (path / CALIBRATION).exists():
+        return path
+    if given:
+        raise BadInput(f"not a reward model (no {CALIBRATION}): train one with `granite rl reward-model`", given)
+    if entry.reward == "reward_model":
+        raise BadInput(f"rl stage {entry.number} ({entry.name}) is scored by a reward model and there is none at {default}: "
+                       f"run `granite rl reward-model` first, or pass --reward-model RM")
+    return None
+
+
+def write_eval_documents(eval_root: Path, parent: Path, out: Path, columns: list[dict], stage: int) -> None:
+    """The per-domain rewards as eval results, for `granite eval table`: this stage's column, and the starting
+    model's when this stage is the first to evaluate it."""
+    from granite_cli.eval_results import write_results
+    from model.checkpoint import stage_label
+    from stages.rl.regression import eval_tasks
+
+    if len(columns) == 2 and columns[0]["name"] == parent.name:
+        write_results(eval_root / f"{parent.name}-rl-reward", str(parent), stage_label(parent), eval_tasks(columns[0]), [])
+    write_results(eval_root / f"{out.name}-rl-reward", str(out), f"rl stage {stage}", eval_tasks(columns[-1]), [])
+
+
 def chat_tokenizer(parent: Path):
     from granite_cli.data.tokenizer_io import load_tokenizer
 

@@ -13,10 +13,9 @@ import json
 
 from granite_cli.stats import paired_bootstrap
 from stages.rl.prompts import Prompt
-from stages.rl.rewards import score
 
 
-def answer(engine, prompts: list[Prompt], sampling, workers: int, timeout: float, autocast) -> list[dict]:
+def answer(engine, prompts: list[Prompt], sampling, rewarder, autocast) -> list[dict]:
     """`sampling.n` answers per prompt and their mean reward: [{id, domain, reward, responses}]."""
     from model.generation import Request
 
@@ -26,7 +25,7 @@ def answer(engine, prompts: list[Prompt], sampling, workers: int, timeout: float
         results = engine.generate([Request(messages=p.messages, tools=p.tools, sampling=sampling) for p in prompts])
     engine.model.train(was_training)
     texts = [c.text for completions in results for c in completions]
-    rewards, _ = score(texts, [p.verifier for p in prompts for _ in range(sampling.n)], workers, timeout)
+    rewards, _ = rewarder.score([p for p in prompts for _ in range(sampling.n)], texts)
     k = sampling.n
     return [{"id": p.id, "domain": p.domain, "reward": sum(rewards[i * k:(i + 1) * k]) / k, "responses": texts[i * k:(i + 1) * k]}
             for i, p in enumerate(prompts)]
@@ -47,18 +46,6 @@ def compare(before: list[dict], after: list[dict], seed: int) -> dict:
         table[domain] = {"n": len(old), "before": sum(old) / len(old), "after": sum(new) / len(new),
                          "change": change, "ci_low": low, "ci_high": high}
     return table
-
-
-def show(table: dict, title: str):
-    from rich.table import Table
-
-    view = Table(title=title)
-    for column in ("domain", "n", "before", "after", "change", "95% interval"):
-        view.add_column(column, justify="left" if column == "domain" else "right")
-    for domain, row in table.items():
-        view.add_row(domain, str(row["n"]), f"{row['before']:.3f}", f"{row['after']:.3f}", f"{row['change']:+.3f}",
-                     f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
-    return view
 
 
 def rows_jsonl(before: list[dict], after: list[dict]) -> str:

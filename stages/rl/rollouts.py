@@ -31,7 +31,6 @@ from granite_cli.data.packing import best_fit
 from granite_cli.training.logprobs import IGNORE
 from stages.rl.advantages import group_advantages, overlong_penalty
 from stages.rl.prompts import Prompt
-from stages.rl.rewards import score
 
 
 @dataclass
@@ -55,8 +54,6 @@ class RolloutSettings:
     skip_zero_variance: bool = False
     top_entropy: float = 1.0
     reference: bool = True
-    verifier_workers: int = 4
-    verifier_timeout: float = 30.0
 
 
 @dataclass
@@ -76,8 +73,8 @@ class Sequence:
 
 
 class Rollouts:
-    def __init__(self, prompts: list[Prompt], settings: RolloutSettings, eos_id: int, pad_id: int):
-        self.prompts, self.s, self.eos_id, self.pad_id = prompts, settings, eos_id, pad_id
+    def __init__(self, prompts: list[Prompt], settings: RolloutSettings, rewarder, eos_id: int, pad_id: int):
+        self.prompts, self.s, self.rewarder, self.eos_id, self.pad_id = prompts, settings, rewarder, eos_id, pad_id
         self.trainer = self.engine = None
         self._rollout, self._minibatches = -1, []
         self._metrics: dict = {}
@@ -165,8 +162,7 @@ class Rollouts:
         model.train(was_training)
         rewarded = time.perf_counter()
         texts = [c.text for completions in results for c in completions]
-        verifiers = [p.verifier for p, completions in zip(prompts, results) for _ in completions]
-        rewards, failures = score(texts, verifiers, self.s.verifier_workers, self.s.verifier_timeout)
+        rewards, failures = self.rewarder.score([p for p, completions in zip(prompts, results) for _ in completions], texts)
         timing["seconds_generation"] += rewarded - started
         timing["seconds_reward"] += time.perf_counter() - rewarded
         timing["generated_tokens"] += sum(len(c.token_ids) for completions in results for c in completions)

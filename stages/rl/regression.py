@@ -1,0 +1,121 @@
+"""The regression table: every domain's held-out reward after each RL stage, so that a trade is seen.
+
+IBM's RLHF stage raised AlpacaEval and cost GSM8K; its last stage won the math back. Each stage is evaluated on
+one suite, the held-out prompts of every stage's data (deduplicated by prompt, at most `per_domain` a domain,
+picked by a fixed hash so every stage draws the same ones). Rows are domains; columns are the model the first
+stage started from and each stage after it, each cell the mean reward and its change from the column before
+with a paired bootstrap interval. A stage carries its parent's columns forward (from the parent's lineage) when
+the parent was evaluated on the same suite, and reuses the parent's answers as its own "before" when they were
+sampled the same way, since regenerating them would give the same answers.
+
+A domain regresses when it falls more than `tolerance` below its best earlier column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from stages.rl.prompts import Prompt, content_key
+
+
+def suite(prompts: list[Prompt], per_domain: int) -> list[Prompt]:
+    """The evaluation suite: one prompt per distinct question, at most `per_domain` a domain, in a fixed order."""
+    unique: dict[str, Prompt] = {}
+    for prompt in prompts:  # a question in several files counts once, under its smallest id whichever stage reads it
+        key = content_key(prompt.messages)
+        if key not in unique or prompt.id < unique[key].id:
+            unique[key] = prompt
+    ranked = sorted(unique.items(), key=lambda item: (item[1].domain, hashlib.blake2b(item[0].encode(), digest_size=8).digest()))
+    kept, taken = [], {}
+    for _, prompt in ranked:
+        if per_domain and taken.get(prompt.domain, 0) >= per_domain:
+            continue
+        taken[prompt.domain] = taken.get(prompt.domain, 0) + 1
+        kept.append(prompt)
+    return kept
+
+
+def suite_key(prompts: list[Prompt]) -> str:
+    """Names the suite: the same prompts give the same key in every stage."""
+    return hashlib.blake2b("\x1e".join(content_key(p.messages) for p in prompts).encode(), digest_size=8).hexdigest()
+
+
+def parent_answers(parent: Path, prompts: list[Prompt], sampling: dict) -> Optional[list[dict]]:
+    """The parent stage's own held-out answers when it answered these prompts with these settings, else None."""
+    from model.checkpoint import read_lineage
+
+    lineage = read_lineage(parent)
+    if not lineage or lineage[-1].get("stage") != "rl" or not (parent / "heldout.jsonl").exists():
+        return None
+    metrics = lineage[-1].get("metrics", {})
+    if metrics.get("heldout_suite") != suite_key(prompts) or metrics.get("heldout_sampling") != sampling:
+        return None
+    rows = [json.loads(line) for line in (parent / "heldout.jsonl").read_text().splitlines()]
+    if [r["id"] for r in rows] != [p.id for p in prompts]:
+        return None
+    return [{"id": r["id"], "domain": r["domain"], "reward": r["reward_after"], "responses": r["responses_after"]} for r in rows]
+
+
+def columns(parent: Path, key: str, comparison: dict, start_name: str, name: str) -> list[dict]:
+    """The table's columns: the parent's (when made on this suite) or the starting model alone, then this stage's."""
+    from model.checkpoint import read_lineage
+
+    lineage = read_lineage(parent)
+    carried = lineage[-1].get("metrics", {}).get("regression") if lineage else None
+    if not carried or carried.get("suite") != key:
+        carried = {"columns": [{"name": start_name, "domains": {d: {"n": row["n"], "mean": row["before"]}
+                                                                for d, row in comparison.items()}}]}
+    new = {"name": name, "domains": {d: {"n": row["n"], "mean": row["after"], "change": row["change"],
+                                         "ci_low": row["ci_low"], "ci_high": row["ci_high"]} for d, row in comparison.items()}}
+    return carried["columns"] + [new]
+
+
+def regressions(table: list[dict], tolerance: float) -> list[dict]:
+    """Domains of the last column that fell more than `tolerance` below their best earlier column."""
+    found = []
+    last, earlier = table[-1], table[:-1]
+    for domain, cell in last["domains"].items():
+        before = [(c["domains"][domain]["mean"], c["name"]) for c in earlier if domain in c["domains"]]
+        if not before:
+            continue
+        best, where = max(before)
+        if best - cell["mean"] > tolerance:
+            found.append({"domain": domain, "best": best, "best_at": where, "now": cell["mean"], "fall": best - cell["mean"]})
+    return found
+
+
+def show(table: list[dict], title: str):
+    """Rows are domains, columns the stages: the mean reward, under it the change from the column before (and, in
+    the last column, the one this stage measured, its 95% interval; earlier intervals are in earlier lineages)."""
+    from rich.table import Table
+
+    view = Table(title=title, title_justify="left")
+    view.add_column("domain")
+    view.add_column("n", justify="right")
+    for column in table:
+        view.add_column(column["name"], justify="right")
+    domains = list(dict.fromkeys(d for column in table for d in column["domains"]))
+    for domain in domains:
+        cells = []
+        for i, column in enumerate(table):
+            cell = column["domains"].get(domain)
+            if cell is None:
+                cells.append("-")
+            elif "change" not in cell:
+                cells.append(f"{cell['mean']:.3f}")
+            else:
+                interval = f" [{cell['ci_low']:+.3f}, {cell['ci_high']:+.3f}]" if i == len(table) - 1 else ""
+                cells.append(f"{cell['mean']:.3f}\n{cell['change']:+.3f}{interval}")
+        n = next(c["domains"][domain]["n"] for c in table if domain in c["domains"])
+        view.add_row(domain, str(n), *cells)
+    return view
+
+
+def eval_tasks(column: dict) -> dict:
+    """A column as `granite eval`'s results (one task per domain, the mean reward), for `granite eval table`."""
+    return {f"rl_reward:{domain}": {"main_metric": "reward", "value": cell["mean"], "metrics": dict(cell),
+                                    "n": cell["n"], "subtasks": {}}
+            for domain, cell in column["domains"].items()}
