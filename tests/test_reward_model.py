@@ -144,3 +144,36 @@ def test_eval_table_puts_documents_of_one_stage_together_and_rl_rewards_by_domai
     assert benchmarks.row_count == 1 and [c.header for c in benchmarks.columns] == ["stage", "heldout\nscore"]
     assert [c.header for c in rewards.columns] == ["domain", "sft", "rl stage 1"]
     assert list(rewards.columns[1].cells) == ["0.200", "-"] and list(rewards.columns[2].cells) == ["0.300", "0.400"]
+
+
+def test_fail_on_regression_exits_1_after_writing_the_checkpoint(checkpoint, tmp_path):
+    """A parent whose lineage says every domain once scored 2 (more than any reward): the stage must report each
+    domain as fallen past tolerance, carry the parent's column, and exit 1 with --fail-on-regression."""
+    import shutil
+
+    from granite_cli.data.records import ErrorPolicy
+    from stages.rl.prompts import load_prompts
+    from stages.rl.regression import suite, suite_key
+
+    rows = [{"id": f"l{i}", "domain": "lowercase", "messages": [{"role": "user", "content": f"Say hi {i}"}],
+             "verifier": {"type": "constraints", "constraints": [{"type": "lowercase"}]}} for i in range(16)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, heldout, _ = load_prompts([str(prompts)], ErrorPolicy(), 0.3, reward_model=False)
+    key = suite_key(suite(heldout, 32))
+    parent = tmp_path / "parent"
+    shutil.copytree(checkpoint, parent)
+    best = {"name": "earlier", "domains": {d: {"n": 1, "mean": 2.0} for d in ("all", "lowercase")}}
+    lineage = json.loads((parent / "lineage.json").read_text())
+    lineage.append({"stage": "rl", "arguments": {"stage": 1}, "metrics": {"regression": {"suite": key, "columns": [best]}}})
+    (parent / "lineage.json").write_text(json.dumps(lineage))
+    args = [prompts, "--init-from", parent, "--run-dir", tmp_path / "run", "--steps", "1", "-G", "4", "--prompts-per-step", "2",
+            "--max-new-tokens", "4", "--max-context", "64", "--heldout-fraction", "0.3", "--peak-tflops", "1"]
+    warned = granite("rl", *args, "-o", tmp_path / "warned")
+    assert warned.returncode == 0 and "warning: rl stage 1 regressed: all fell to" in warned.stderr.decode()
+    failed = granite("rl", *args, "-o", tmp_path / "failed", "--fail-on-regression")
+    assert failed.returncode == 1 and "the next stage should not build on it" in failed.stderr.decode()
+    entry = json.loads((tmp_path / "failed" / "lineage.json").read_text())[-1]
+    table = entry["metrics"]["regression"]
+    assert [c["name"] for c in table["columns"]] == ["earlier", "failed"]
+    assert {f["domain"] for f in table["regressions"]} == {"all", "lowercase"}
