@@ -177,3 +177,16 @@ def test_fail_on_regression_exits_1_after_writing_the_checkpoint(checkpoint, tmp
     table = entry["metrics"]["regression"]
     assert [c["name"] for c in table["columns"]] == ["earlier", "failed"]
     assert {f["domain"] for f in table["regressions"]} == {"all", "lowercase"}
+
+
+def test_a_bad_pair_stops_the_reward_model_with_its_line(checkpoint, tmp_path):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=3)
+    with open(pairs, "a") as f:
+        f.write(json.dumps({"messages": [{"role": "user", "content": "Hi"}], "chosen": "Hello", "rejected": ""}) + "\n")
+    out = tmp_path / "rm"
+    result = granite("rl", "reward-model", pairs, "--init-from", checkpoint, "-o", out, "--run-dir", tmp_path / "run")
+    assert result.returncode == 2
+    assert f"{pairs}:4: 'rejected' must be an assistant message or its text" in result.stderr.decode()
+    assert not out.exists()
+    listed = granite("rl", "--help").stdout.decode()
+    assert "reward-model" in listed and "run" in listed

@@ -1,4 +1,4 @@
-"""granite rl: on-policy GRPO with the DAPO loss over verified rewards, one recipe stage at a time.
+"""granite rl: on-policy GRPO with the DAPO loss over verifier and reward-model rewards, one recipe stage at a time.
 
     granite rl --stage N [PROMPTS ...] [--init-from CKPT] [-o CKPT] [--reward-model RM]
     granite rl reward-model [PAIRS ...]        (reward_model.py: the reward model stage 2 is scored by)
@@ -26,6 +26,8 @@ Where this departs from the papers:
   before prefill): the KV cache is not shared across a group. vLLM shares it; the in-process sampler does not.
 - Rollouts from an external vLLM/OpenAI server with weight pushes and truncated importance sampling are not
   built: every process samples in-process, and under torchrun every rank generates the whole step's rollouts.
+- The RLHF reward is sigmoid(score - offset) of a Bradley-Terry reward model trained here (IBM does not publish
+  its reward model), in [0, 1] like the verifiers' rewards, so chat and verified domains mix in one batch.
 - The zero-variance and truncated masks, the entropy bonus and the top-entropy mask are off by default, as in
   the recipe; the overlong penalty is DAPO's linear one.
 """
@@ -121,7 +123,7 @@ def rl_command(
     on_error: str = options.OnErrorOption,
     flags: TrainingFlags = None,
 ) -> None:
-    """Reinforcement learning from verified rewards: GRPO with the DAPO loss, one recipe stage at a time."""
+    """One RL stage of the recipe: GRPO with the DAPO loss, rewarded by verifiers and the reward model."""
     from granite_cli.data.records import ErrorPolicy
     from granite_cli.recipe import load_recipe
     from granite_cli.rundir import resolve_init
@@ -147,6 +149,8 @@ def rl_command(
         raise BadInput(f"--scale-rewards must be one of {', '.join(SCALE_REWARDS)}")
     if updates_per_batch < 1 or not 0 < top_entropy <= 1:
         raise BadInput("--updates-per-batch must be at least 1 and --top-entropy in (0, 1]")
+    if (regression_tolerance is not None and regression_tolerance < 0) or (heldout_per_domain or 0) < 0:
+        raise BadInput("--regression-tolerance and --heldout-per-domain must not be negative")
     if flags.parallel == "fsdp":
         raise BadInput("rl samples with the unsharded policy: run it with --parallel ddp")
     kl = beta if beta is not None else entry.beta
