@@ -8,8 +8,10 @@ The recipe declares the mixture (source -> share of tokens, OLMo-core style); th
 2. interleave: always draw from the source furthest behind its target, so the stream is mixed
    throughout and every prefix is close to the mixture. Within a source, files are visited in a
    seeded order each epoch and documents pass through a seeded shuffle buffer: memory stays bounded.
-3. write: stdout or zstd files; with --num-shards each worker writes every N-th document of the
-   same global stream, so the union of the shards is the single-process output.
+3. write: stdout or zstd files. With --num-shards N each job-array worker reads only its part of each
+   source (granite_cli/data/sources.py: byte ranges of plain JSONL, compressed files dealt out whole) and
+   mixes 1/N of every source's target from it, so N workers read the data once between them, each
+   worker's output meets the shares, and so does their union; no document reaches two workers.
 4. report: a table of target vs achieved shares on stderr.
 """
 
@@ -36,7 +38,7 @@ from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import Recipe, Source, format_count, load_recipe
 from granite_cli.data.atomic import atomic_path
 from granite_cli.data.records import ErrorPolicy, dumps, record_writer
-from granite_cli.data.sources import read_split, source_units
+from granite_cli.data.sources import Part, read_split, worker_parts
 
 SHUFFLE_BUFFER = 1024
 PROGRESS_EVERY = 1024  # documents between progress-bar updates (a per-document update costs ~10% of the run)
@@ -94,20 +96,20 @@ def mix_command(
     policy = ErrorPolicy(on_error)
     counter = token_counter(loaded, tokenizer)
     fraction = loaded.heldout_fraction
-    available = available_tokens(sources, counter, policy, loaded.paths.cache, fraction)
-    check_supply(sources, targets, available)
-    slack = budget * loaded.mix_tolerance / 100 / 2
-    cursors = [SourceCursor(sources[name], targets[name], seed, policy, counter, slack, fraction=fraction)
-               for name in targets]
+    parts = {name: worker_parts(sources[name], index, count) for name in targets}
+    available = available_tokens(sources, parts, counter, policy, loaded.paths.cache, fraction)
+    mine = {name: target / count for name, target in targets.items()}  # this worker's 1/N of every source
+    check_supply(sources, mine, available, index, count)
+    slack = budget / count * loaded.mix_tolerance / 100 / 2
+    cursors = [SourceCursor(sources[name], mine[name], seed, policy, counter, slack, fraction=fraction, parts=parts[name],
+                            worker=(index, count)) for name in targets]
     stream = itertools.chain(interleave(cursors), top_up(cursors, loaded.mix_tolerance))
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
-        task = bar.add_task(f"mix phase {phase}" + (f" stage {stage}" if stage else ""), total=int(sum(targets.values())), rate="")
+        task = bar.add_task(f"mix phase {phase}" + (f" stage {stage}" if stage else ""), total=int(sum(mine.values())), rate="")
         pending = 0
         for position, (cursor, doc, n_tokens) in enumerate(stream):
-            if position % count == index:
-                cursor.written += 1
-                sink.write(dumps(output_document(doc, cursor, phase, stage)))
+            sink.write(dumps(output_document(doc, cursor, phase, stage)))
             pending += n_tokens
             if position % PROGRESS_EVERY == 0:
                 bar.advance(task, pending)
@@ -137,8 +139,8 @@ def write_heldout(recipe: Recipe, phase: Optional[int], seed: int, output: Optio
                     for name in recipe.mixture(number, stage)})
     policy = ErrorPolicy(on_error)
     counter = token_counter(recipe, None)
-    cursors = [SourceCursor(_declared(recipe, name), 0.0, seed, policy, counter, heldout=True,
-                            fraction=recipe.heldout_fraction) for name in names]
+    cursors = [SourceCursor(_declared(recipe, name), 0.0, seed, policy, counter, heldout=True, fraction=recipe.heldout_fraction,
+                            parts=worker_parts(_declared(recipe, name), 0, 1)) for name in names]
     with record_writer(_output_path(output, 0, 1)) as sink:
         for cursor in cursors:
             for cursor.epoch, doc in cursor.documents:
@@ -200,12 +202,12 @@ class TokenCounter:
     count: Callable[[str], int]
 
 
-def available_tokens(sources: dict[str, Source], counter: TokenCounter, policy: ErrorPolicy, cache_dir: Path,
-                     fraction: float) -> dict[str, int]:
-    """Tokens one pass over each source's training split holds.
+def available_tokens(sources: dict[str, Source], parts: dict[str, list[Part]], counter: TokenCounter, policy: ErrorPolicy,
+                     cache_dir: Path, fraction: float) -> dict[str, int]:
+    """Tokens one pass over this worker's parts of each source's training split holds.
 
-    Counted per file and cached in the run directory's cache by (path, size, mtime, counting method, split),
-    so a rerun or a job-array worker reads the cache instead of the data.
+    Counted per part and cached in the run directory's cache by (part, size, mtime, counting method, split),
+    so a rerun reads the cache instead of the data.
     """
     cache_path = cache_dir / "source-tokens.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
@@ -213,12 +215,12 @@ def available_tokens(sources: dict[str, Source], counter: TokenCounter, policy: 
     available = {}
     for name, source in sources.items():
         available[name] = 0
-        for unit in source_units(source):
-            stat = os.stat(unit) if os.path.exists(unit) else None
-            key = hashlib.sha256(f"{unit}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
+        for part in parts[name]:
+            stat = os.stat(part.unit) if os.path.exists(part.unit) else None
+            key = hashlib.sha256(f"{part.key()}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
                                  f"{source.text_field}|{fraction}".encode()).hexdigest()
             if key not in cache or stat is None:
-                cache[key] = sum(counter.count(doc["text"]) for doc in read_split(unit, source, policy, fraction, False))
+                cache[key] = sum(counter.count(doc["text"]) for doc in read_split(part, source, policy, fraction, False))
                 changed = True
             available[name] += cache[key]
     if changed:
@@ -227,17 +229,22 @@ def available_tokens(sources: dict[str, Source], counter: TokenCounter, policy: 
     return available
 
 
-def check_supply(sources: dict[str, Source], targets: dict[str, float], available: dict[str, int]) -> None:
+def check_supply(sources: dict[str, Source], targets: dict[str, float], available: dict[str, int], index: int = 0,
+                 count: int = 1) -> None:
     """Every source must cover its target within max_repetition passes; report all short ones at once."""
     short = []
+    whose = f"worker {index} of {count}'s part of " if count > 1 else ""
     for name, target in targets.items():
         cap = available[name] * sources[name].max_repetition
         if cap < target:
-            short.append(f"source {name!r} is short by {format_count(int(target - cap))} tokens: needs "
+            short.append(f"{whose}source {name!r} is short by {format_count(int(target - cap))} tokens: needs "
                          f"{format_count(int(target))}, holds {format_count(available[name])} x max_repetition "
                          f"{sources[name].max_repetition:g}")
     if short:
-        raise BadInput("; ".join(short) + ". Add data, raise the source's max_repetition, or lower the phase's tokens.")
+        advice = " (a worker's part is 1/N of each plain file, or whole compressed files dealt by size: split the source "\
+                 "into more files of similar size)" if count > 1 else ""
+        raise BadInput("; ".join(short) + ". Add data, raise the source's max_repetition, or lower the phase's tokens"
+                       + advice + ".")
 
 
 # ------------------------------------------------------------------ streaming
@@ -253,9 +260,10 @@ class SourceCursor:
     slack: float = 0.0
     heldout: bool = False
     fraction: float = 0.0
+    parts: list = field(default_factory=list)  # what this worker reads of the source (granite_cli/data/sources.py)
+    worker: tuple = (0, 1)  # (index, count) in the job array
     emitted_tokens: int = 0
     emitted_docs: int = 0
-    written: int = 0
     epoch: int = 0
     passed: int = 0
     documents: Iterator[tuple[int, dict]] = field(init=False)
@@ -266,11 +274,12 @@ class SourceCursor:
     def _epochs(self) -> Iterator[tuple[int, dict]]:
         epochs = 1 if self.heldout else math.ceil(self.source.max_repetition)
         for epoch in range(epochs):
-            rng = random.Random(f"{self.seed}/{self.source.name}/{epoch}")
-            units = source_units(self.source)
-            rng.shuffle(units)
-            docs = itertools.chain.from_iterable(read_split(u, self.source, self.policy, self.fraction, self.heldout)
-                                                 for u in units)
+            index, count = self.worker
+            rng = random.Random(f"{self.seed}/{self.source.name}/{epoch}" + (f"/{index}-of-{count}" if count > 1 else ""))
+            parts = list(self.parts)
+            rng.shuffle(parts)
+            docs = itertools.chain.from_iterable(read_split(p, self.source, self.policy, self.fraction, self.heldout)
+                                                 for p in parts)
             for doc in shuffle_buffer(docs, rng, SHUFFLE_BUFFER):
                 yield epoch, doc
 
@@ -386,14 +395,16 @@ def _output_path(output: Optional[str], index: int, count: int) -> Optional[str]
 
 # ------------------------------------------------------------------ reporting
 def mix_report(recipe, phase, stage, budget, cursors, available, seed, index, count) -> dict:
+    """The worker's mix: every source's target and achieved share of what this worker wrote, and what its parts held."""
     total = sum(c.emitted_tokens for c in cursors) or 1
     return {
-        "recipe": recipe.name, "phase": phase, **({"stage": stage} if stage else {}), "budget_tokens": budget, "seed": seed,
-        "shard_index": index, "num_shards": count, "emitted_tokens": total, "command": sys.argv,
+        "recipe": recipe.name, "phase": phase, **({"stage": stage} if stage else {}), "budget_tokens": budget,
+        "worker_budget_tokens": budget / count, "seed": seed, "shard_index": index, "num_shards": count,
+        "emitted_tokens": total, "command": sys.argv,
         "sources": {
-            c.source.name: {"target_pct": 100 * c.target / budget, "achieved_pct": 100 * c.emitted_tokens / total,
-                            "tokens": c.emitted_tokens, "documents": c.emitted_docs, "written_documents": c.written,
-                            "available_tokens": available[c.source.name],
+            c.source.name: {"target_pct": 100 * c.target * count / budget, "achieved_pct": 100 * c.emitted_tokens / total,
+                            "tokens": c.emitted_tokens, "documents": c.emitted_docs,
+                            "parts": [p.key() for p in c.parts], "available_tokens": available[c.source.name],
                             "repetitions": c.emitted_tokens / max(available[c.source.name], 1)}
             for c in cursors},
     }

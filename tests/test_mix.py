@@ -49,17 +49,74 @@ def test_same_seed_same_bytes_other_seed_other_order(phase4):
     assert first.stdout != other.stdout
 
 
-def test_job_array_shards_union_equals_single_process(phase4, tmp_path):
-    single, run = phase4
+def worker_outputs(out, count):
+    parts = []
+    for index in range(count):
+        raw = zstandard.ZstdDecompressor().stream_reader(open(out / f"mix-{index:05d}-of-{count:05d}.jsonl.zst", "rb")).read()
+        parts.append(records(raw))
+    return parts
+
+
+def union_shares(parts):
+    tokens = {}
+    for docs in parts:
+        for d in docs:
+            tokens[d["source"]] = tokens.get(d["source"], 0) + max(1, round(len(d["text"].encode()) / 4))
+    total = sum(tokens.values())
+    return {name: 100 * t / total for name, t in tokens.items()}
+
+
+def test_job_array_workers_each_meet_the_shares_and_share_no_document(phase4, tmp_path):
+    """The bundled sources are one .zst file each: fewer files than workers, so each worker keeps every third document."""
+    _, run = phase4
     out = tmp_path / "parts"
     for index in range(3):
         granite("mix", "--phase", "4", "--seed", "3", "--run-dir", run, "--shard-index", index, "--num-shards", 3,
                 "-o", out, check=True)
-    parts = []
+    parts = worker_outputs(out, 3)
+    reports = [json.loads((out / f"mix-{i:05d}-of-00003.json").read_text()) for i in range(3)]
+    for report in reports:
+        for name, row in report["sources"].items():
+            assert abs(row["achieved_pct"] - row["target_pct"]) <= 0.5, (report["shard_index"], name)
+            assert all(p.endswith(f"[{report['shard_index']}::3]") for p in row["parts"])
+    keys = [{(d["source"], d["id"]) for d in docs} for docs in parts]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    targets = reports[0]["sources"]
+    for name, share in union_shares(parts).items():
+        assert abs(share - targets[name]["target_pct"]) <= 0.5, name
+
+
+def test_plain_files_are_split_into_byte_ranges_each_document_read_by_one_worker(tmp_path):
+    from granite_cli.data.records import ErrorPolicy
+    from granite_cli.data.sources import read_part, worker_parts
+    from granite_cli.recipe import load_recipe
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, count in (("web", 700), ("code", 300)):
+        for f in range(2):
+            with open(data / f"{name}-{f}.jsonl", "w") as out:
+                for i in range(count):
+                    out.write(json.dumps({"id": f"{name}-{f}-{i}", "text": f"{name} document {i} " * (1 + i % 9)}) + "\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[sources.web]\npaths = ["{data}/web-*.jsonl"]\n[sources.code]\npaths = ["{data}/code-*.jsonl"]\n'
+                      '[[phases]]\nnumber = 1\ntokens = "40K"\n[phases.mixture]\nweb = 70\ncode = 30\n')
+    source = load_recipe(str(recipe), str(tmp_path / "run")).sources["web"]
+    seen = [[d["id"] for p in worker_parts(source, i, 3) for d in read_part(p, source, ErrorPolicy())] for i in range(3)]
+    everything = [json.loads(line)["id"] for f in sorted(data.glob("web-*.jsonl")) for line in f.read_text().splitlines()]
+    assert sorted(sum(seen, [])) == sorted(everything)  # every document once: none lost, none read twice
+    assert all(len(ids) > 300 for ids in seen)  # and each worker about a third
+    out = tmp_path / "mix"
     for index in range(3):
-        raw = zstandard.ZstdDecompressor().stream_reader(open(out / f"mix-{index:05d}-of-00003.jsonl.zst", "rb")).read()
-        parts.extend(raw.splitlines())
-    assert sorted(parts) == sorted(single.stdout.splitlines())
+        mix("--phase", "1", "--recipe", recipe, "--run-dir", tmp_path / "run", "--shard-index", index, "--num-shards", 3,
+            "-o", out)
+    parts = worker_outputs(out, 3)
+    report = json.loads((out / "mix-00001-of-00003.json").read_text())
+    assert all("[" in p and ":" in p for p in report["sources"]["web"]["parts"])  # byte ranges
+    ids = [d["id"] for docs in parts for d in docs]
+    assert len(ids) == len(set(ids))
+    for name, share in union_shares(parts).items():
+        assert abs(share - {"web": 70, "code": 30}[name]) <= 0.5, name
 
 
 def test_short_source_errors_with_the_shortfall(tmp_path):

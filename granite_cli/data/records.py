@@ -146,6 +146,24 @@ def parse_line(line: bytes, path: str, line_no: int, policy: ErrorPolicy, requir
     return record
 
 
+def iter_range_lines(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(line number within the range, line) of the lines of a plain (uncompressed) file that begin in bytes
+    [start, end): a job-array worker's share of a large file. A line belongs to the range its first byte is in, so
+    ranges that tile a file read each line exactly once."""
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the rest of the line that began before `start` (just its newline if one begins there)
+        position, line_no = f.tell(), 0
+        while position < end:
+            line = f.readline()
+            if not line:
+                break
+            line_no += 1
+            yield line_no, line
+            position += len(line)
+
+
 def checked_records(paths: list[str], policy: ErrorPolicy, check, reason: str) -> Iterator:
     """`check(record, path, line_no)` of every record of the files; a record it rejects (BadInput) or that does not
     parse goes to the error policy (FILE:LINE and exit 2, or counted under `reason` and skipped)."""

@@ -2,16 +2,23 @@
 
 Every reader streams: Parquet by record batch, datasets by iteration, JSONL by line, so memory stays
 bounded whatever the size of a source.
+
+A job-array worker reads only its part of each source (`worker_parts`): 1/N of every plain JSONL file as a byte
+range aligned to line starts, and whole compressed (or Parquet) files dealt out by size. A source with fewer
+unsplittable files than workers is the exception: each worker reads those files whole and keeps every N-th
+document, so they are read N times (split such a source into at least N files, or leave it uncompressed).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Source
-from granite_cli.data.records import ErrorPolicy, read_records
+from granite_cli.data.records import ErrorPolicy, iter_range_lines, parse_line, read_records
 
 PARQUET_BATCH = 1024
 
@@ -26,6 +33,77 @@ def source_units(source: Source) -> list[str]:
     return files
 
 
+@dataclass(frozen=True)
+class Part:
+    """What one worker reads of one unit: all of it, bytes [start, end) of a plain JSONL file, or every `stride`-th
+    document starting at the `offset`-th (a file it cannot split)."""
+
+    unit: str
+    start: int = 0
+    end: Optional[int] = None
+    stride: int = 1
+    offset: int = 0
+
+    def key(self) -> str:
+        """Names the part (token-count cache keys, reports)."""
+        if self.end is not None:
+            return f"{self.unit}[{self.start}:{self.end}]"
+        return f"{self.unit}[{self.offset}::{self.stride}]" if self.stride > 1 else self.unit
+
+
+def worker_parts(source: Source, index: int, count: int) -> list[Part]:
+    """Worker `index` of `count`'s parts of a source; the parts of all workers together hold each document once."""
+    units = source_units(source)
+    if count == 1:
+        return [Part(u) for u in units]
+    parts, whole = [], []
+    for unit in units:
+        if unit.endswith(".jsonl"):
+            size = os.path.getsize(unit)
+            parts.append(Part(unit, size * index // count, size * (index + 1) // count))
+        else:
+            whole.append(unit)
+    if len(whole) >= count:  # largest first, each to the worker holding the fewest bytes so far
+        loads, mine = [0] * count, []
+        for unit in sorted(whole, key=lambda u: (-_size(u), u)):
+            worker = loads.index(min(loads))
+            loads[worker] += _size(unit)
+            if worker == index:
+                mine.append(unit)
+        parts += [Part(u) for u in sorted(mine)]
+    else:
+        parts += [Part(u, stride=count, offset=index) for u in whole]
+    return parts
+
+
+def _size(unit: str) -> int:
+    return os.path.getsize(unit) if os.path.exists(unit) else 0
+
+
+def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
+    """The documents of one worker's part of a unit."""
+    if part.end is not None:
+        label = f"{part.unit}[bytes {part.start}:{part.end}]"
+        for line_no, line in iter_range_lines(part.unit, part.start, part.end):
+            if line.strip():
+                record = parse_line(line, label, line_no, policy, require_text=False)
+                if record is not None and (doc := _with_text(record, source, label, policy)) is not None:
+                    yield doc
+        return
+    for position, doc in enumerate(read_unit(part.unit, source, policy)):
+        if position % part.stride == part.offset:
+            yield doc
+
+
+def _with_text(record: dict, source: Source, where: str, policy: ErrorPolicy) -> Optional[dict]:
+    if source.text_field != "text":
+        record["text"] = record.pop(source.text_field, None)
+    if not isinstance(record.get("text"), str):
+        policy.bad(BadInput(f"record has no string {source.text_field!r} field", where), "no text")
+        return None
+    return record
+
+
 def read_unit(unit: str, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
     """Yield the documents of one file (or dataset) with a string `text` field."""
     if unit.startswith("hf:"):
@@ -34,12 +112,8 @@ def read_unit(unit: str, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
         yield from _read_parquet(unit, source)
     else:
         for record in read_records([unit], policy, require_text=source.text_field == "text"):
-            if source.text_field != "text":
-                record["text"] = record.pop(source.text_field, None)
-                if not isinstance(record["text"], str):
-                    policy.bad(BadInput(f"record has no string {source.text_field!r} field", unit), "no text")
-                    continue
-            yield record
+            if (doc := _with_text(record, source, unit, policy)) is not None:
+                yield doc
 
 
 def _read_parquet(path: str, source: Source) -> Iterator[dict]:
@@ -81,8 +155,8 @@ def is_heldout(doc: dict, source: Source, fraction: float) -> bool:
     return bucket < fraction * 2**64
 
 
-def read_split(unit: str, source: Source, policy: ErrorPolicy, fraction: float, heldout: bool) -> Iterator[dict]:
-    """The documents of one unit in the training split (heldout=False) or the held-out split."""
-    for doc in read_unit(unit, source, policy):
+def read_split(part: Part, source: Source, policy: ErrorPolicy, fraction: float, heldout: bool) -> Iterator[dict]:
+    """The documents of one part in the training split (heldout=False) or the held-out split."""
+    for doc in read_part(part, source, policy):
         if is_heldout(doc, source, fraction) == heldout:
             yield doc
