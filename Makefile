@@ -75,6 +75,8 @@ all: install eval-data
 	done
 	$(GRANITE) info runs/$(RECIPE)/checkpoints/rl-stage-4
 	$(GRANITE) eval table --recipe $(RECIPE)
+	# the report card: runs/$(RECIPE)/report/report.md, figures/*.png and a self-contained report.html
+	$(GRANITE) report runs/$(RECIPE)
 
 # Side-by-side measurements with the tools a user would otherwise pick (their packages are installed here only).
 # bench_pretrain and bench_eval_agreement use what `make all` made (phase-1 shards, the phase-4 checkpoint).

@@ -13,12 +13,13 @@ import typer
 import typer.core
 
 from granite_cli.errors import GraniteError, ReaderGone
-from stages import chat, extend_context, info, merge, mix, pretrain, recipe, rl, sft, tokenize
+from stages import chat, extend_context, info, merge, mix, pretrain, recipe, report, rl, sft, tokenize
 from stages.rl import reward_model as rl_reward_model
 from stages import eval as eval_stage
 from stages import filter as filter_stage
 
-RECIPE_ORDER = ["recipe", "mix", "tokenize", "pretrain", "filter", "sft", "eval", "chat", "info"]
+RECIPE_ORDER = ["recipe", "mix", "tokenize", "pretrain", "extend-context", "merge", "filter", "sft", "rl", "eval", "report",
+                "chat", "info"]
 
 
 class RecipeOrderGroup(typer.core.TyperGroup):
@@ -63,6 +64,7 @@ app.add_typer(rl_app, name="rl")
 app.command("info")(info.info_command)
 app.command("chat")(chat.chat_command)
 app.add_typer(eval_stage.app, name="eval")
+app.command("report")(report.report_command)
 
 
 def main() -> None:

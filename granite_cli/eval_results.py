@@ -12,6 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from granite_cli.data.atomic import atomic_path
+from granite_cli.errors import BadInput
+
+NOT_PERCENT = {"bits_per_byte", "rating"}  # shown as is; every other metric is a rate shown in percent
+RL_REWARD = "rl_reward:"  # the prefix of the per-domain rewards `granite rl` writes as tasks
 
 
 def write_results(out: Path, model: str, stage: str, results: dict, samples: list[dict]) -> None:
@@ -23,3 +27,30 @@ def write_results(out: Path, model: str, stage: str, results: dict, samples: lis
         tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(document, indent=2))
+
+
+def read_results(paths: list[Path]) -> list[dict]:
+    """The results.json documents under these directories, oldest first (the order the stages ran)."""
+    documents = [json.loads((p / "results.json").read_text()) for p in paths if (p / "results.json").exists()]
+    if not documents:
+        raise BadInput("no results.json found: run `granite eval` first")
+    return sorted(documents, key=lambda d: d["created"])
+
+
+def by_stage(documents: list[dict]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({stage: {task: result}} of the benchmarks, {stage: {domain: result}} of rl's held-out rewards), stages in the
+    order they ran. Documents of one stage share its entry; where two give the same task, the later one counts."""
+    grouped: dict[str, dict] = {}
+    for document in documents:
+        grouped.setdefault(document["stage"], {}).update(document["tasks"])
+    benchmarks = {stage: {n: t for n, t in tasks.items() if not n.startswith(RL_REWARD)} for stage, tasks in grouped.items()}
+    rewards = {stage: {n[len(RL_REWARD):]: t for n, t in tasks.items() if n.startswith(RL_REWARD)}
+               for stage, tasks in grouped.items()}
+    return benchmarks, {stage: domains for stage, domains in rewards.items() if domains}
+
+
+def shown(metric: str, value) -> str:
+    """A metric as tables show it: percent for rates, as is for bits per byte and ratings."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if metric in NOT_PERCENT else f"{100 * value:.2f}"

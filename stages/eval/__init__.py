@@ -28,8 +28,8 @@ from granite_cli.errors import BadInput
 from stages.eval import ruler
 from stages.eval.judged import add_interval
 from stages.eval.published import MODELS
-from granite_cli.eval_results import write_results
-from stages.eval.results import read_results, results_table, shown, stages_tables, summarize
+from granite_cli.eval_results import read_results, shown, write_results
+from stages.eval.results import results_table, stages_tables, summarize
 from stages.eval.runner import LM_EVAL_FEWSHOT_SEED, FewShot, evaluate, load_items
 from stages.eval.tasks import TaskSpec, get_task
 

@@ -1,23 +1,22 @@
-"""Eval results (docs/design.md, contract 6): per-item rows, per-task summaries, results.json and samples.jsonl,
-and the tables `granite eval` and `granite eval table` print. A later report reads results through `read_results`."""
+"""Eval results (docs/design.md, contract 6): per-item rows and per-task summaries, and the tables `granite eval` and
+`granite eval table` print. Writing and reading results.json lives in granite_cli/eval_results.py (rl and the report
+use it too)."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from rich.table import Table
 
-from granite_cli.errors import BadInput
+from granite_cli.eval_results import by_stage, shown
 from stages.eval.published import MODELS, PUBLISHED
 
 if TYPE_CHECKING:  # tasks imports this module (through judged): only the annotation needs it
     from stages.eval.tasks import TaskSpec
 
 MAIN_METRIC = {"generate": "score", "choice": "acc", "code": "pass@1", "likelihood": "bits_per_byte", "judged": "win_rate"}
-NOT_PERCENT = {"bits_per_byte", "rating"}  # shown as is; every other metric is a rate shown in percent
 TASK_MAIN_METRIC = {"mt_bench": "rating", "gsm8k": "exact_match_strict", "ruler": "accuracy", "bfcl": "accuracy", "mmlu_pro": "exact_match",
                     "ifeval": "average", "bbh": "exact_match", "deepmind_math": "exact_match"}
 
@@ -74,35 +73,13 @@ def results_table(results: dict, compare: Optional[str]) -> Table:
     return table
 
 
-def shown(metric: str, value: Optional[float]) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" if metric in NOT_PERCENT else f"{100 * value:.2f}"
-
-
-def read_results(paths: list[Path]) -> list[dict]:
-    """The results.json documents under these directories, oldest first (the order the stages ran)."""
-    documents = [json.loads((p / "results.json").read_text()) for p in paths if (p / "results.json").exists()]
-    if not documents:
-        raise BadInput("no results.json found: run `granite eval` first")
-    return sorted(documents, key=lambda d: d["created"])
-
-
-RL_REWARD = "rl_reward:"  # the prefix of the per-domain rewards `granite rl` writes as tasks
-
-
 def stages_tables(documents: list[dict]) -> list[Table]:
     """The benchmarks (rows: stages, columns: each task's main metric) and, when rl wrote any, the held-out RL reward
-    (rows: domains, columns: stages). Documents of the same stage share its row (or column); where two give the same
-    task, the later one shows."""
-    by_stage: dict[str, dict] = {}
-    for document in documents:
-        by_stage.setdefault(document["stage"], {}).update(document["tasks"])
-    benchmarks = {stage: {n: t for n, t in tasks.items() if not n.startswith(RL_REWARD)} for stage, tasks in by_stage.items()}
-    rewards = {stage: {n[len(RL_REWARD):]: t for n, t in tasks.items() if n.startswith(RL_REWARD)} for stage, tasks in by_stage.items()}
+    (rows: domains, columns: stages)."""
+    benchmarks, rewards = by_stage(documents)
     tables = [by_task(benchmarks)] if any(benchmarks.values()) else []
-    if any(rewards.values()):
-        tables.append(by_domain({stage: tasks for stage, tasks in rewards.items() if tasks}))
+    if rewards:
+        tables.append(by_domain(rewards))
     return tables
 
 
