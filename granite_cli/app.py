@@ -14,7 +14,6 @@ import typer.core
 
 from granite_cli.errors import GraniteError, ReaderGone
 from stages import chat, extend_context, info, merge, mix, pretrain, recipe, report, rl, sft, tokenize
-from stages.rl import reward_model as rl_reward_model
 from stages import eval as eval_stage
 from stages import filter as filter_stage
 
@@ -27,16 +26,6 @@ class RecipeOrderGroup(typer.core.TyperGroup):
 
     def list_commands(self, ctx):
         return sorted(self.commands, key=lambda name: RECIPE_ORDER.index(name) if name in RECIPE_ORDER else len(RECIPE_ORDER))
-
-
-class DefaultCommandGroup(typer.core.TyperGroup):
-    """A group that runs its first command when the arguments name none of its commands: `granite rl --stage 2` is
-    `granite rl run --stage 2`, and `granite rl reward-model PAIRS` trains the reward model."""
-
-    def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
-            args = [next(iter(self.commands)), *args]
-        return super().parse_args(ctx, args)
 
 
 app = typer.Typer(
@@ -56,11 +45,7 @@ app.command("extend-context")(extend_context.extend_context_command)
 app.command("merge")(merge.merge_command)
 app.add_typer(filter_stage.app, name="filter")
 app.command("sft")(sft.sft_command)
-rl_app = typer.Typer(cls=DefaultCommandGroup, help="Reinforcement learning: the four GRPO stages (`granite rl --stage N`, "
-                     "the default command) and the reward model of the RLHF stage.")
-rl_app.command("run")(rl.rl_command)
-rl_app.command("reward-model")(rl_reward_model.reward_model_command)
-app.add_typer(rl_app, name="rl")
+app.add_typer(rl.app, name="rl")
 app.command("info")(info.info_command)
 app.command("chat")(chat.chat_command)
 app.add_typer(eval_stage.app, name="eval")

@@ -192,7 +192,8 @@ class ContextStage:
     tokens: int = required(_count, "the stage's token budget")
     mixture: dict | str = spec("phase-4", _mixture, "the stage's mixture, or a reference to a phase's")
     rope_theta: float | None = spec(None, _number, "RoPE theta at this length (unset: extend-context's documented rule)")
-    sizes: list = spec([], _texts, "model sizes that run this stage (empty: all), e.g. ['8b', '30b'] for 512K")
+    sizes: list = spec([], _texts, "model sizes that run this stage (empty: all), e.g. ['8b', '30b'] for 512K; matched "
+                                   "against the end of [model] preset")
 
 
 @dataclass
@@ -474,13 +475,49 @@ def resolve_recipe_path(name_or_path: str | None) -> Path:
     )
 
 
-def load_recipe(name_or_path: str | None = None, run_dir: str | None = None) -> Recipe:
-    """Load and parse a recipe; every unit, type and unknown-key error is reported together as one BadInput."""
-    path = resolve_recipe_path(name_or_path)
+def read_toml(path: Path, seen: tuple = ()) -> dict:
+    """A recipe file's tables; `extends = "NAME or PATH"` starts from another recipe's tables and overrides them."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise BadInput(f"not valid TOML: {err}", str(path)) from err
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise BadInput(f"extends must be a recipe name or a path, not {parent!r}", str(path))
+    relative = path.parent / parent
+    base_path = relative if relative.is_file() else resolve_recipe_path(parent)
+    if base_path.resolve() in seen:
+        raise BadInput(f"recipes extend each other in a loop ({' -> '.join(str(p) for p in seen)})", str(path))
+    return merged_tables(read_toml(base_path, seen + (path.resolve(),)), raw)
+
+
+def runs_at_size(stage, model) -> bool:
+    """A stage with `sizes` runs only for a model whose preset ends in one of them (granite-4.1-3b: "3b")."""
+    if not stage.sizes or model is None or not model.preset:
+        return True
+    return model.preset.rsplit("-", 1)[-1].lower() in [size.lower() for size in stage.sizes]
+
+
+def merged_tables(base, override):
+    """`override` laid over `base`: tables merge key by key; arrays of tables whose entries all have a `number` (phases,
+    rl stages) or a `name` (phase 5's stages) merge entry by entry, new entries appended; anything else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: merged_tables(base[k], v) if k in base else v for k, v in override.items()}}
+    for key in ("number", "name"):
+        if (isinstance(base, list) and isinstance(override, list) and base and override
+                and all(isinstance(e, dict) and key in e for e in base + override)):
+            by_key = {e[key]: e for e in base}
+            out = [merged_tables(e, next((o for o in override if o[key] == e[key]), {})) for e in base]
+            return out + [o for o in override if o[key] not in by_key]
+    return override
+
+
+def load_recipe(name_or_path: str | None = None, run_dir: str | None = None) -> Recipe:
+    """Load and parse a recipe; every unit, type and unknown-key error is reported together as one BadInput."""
+    path = resolve_recipe_path(name_or_path)
+    raw = read_toml(path)
     errors: list[str] = []
     top = {}
     for key, value in raw.items():
@@ -508,7 +545,8 @@ def load_recipe(name_or_path: str | None = None, run_dir: str | None = None) -> 
         where = f"phase {phase.number}"
         phase.training = build(Training, table.get("training", {}), f"[phases.training] of {where}", errors) or Training()
         phase.stages = [s for i, stage in enumerate(table.get("stages", []))
-                        if (s := build(ContextStage, stage, f"[[phases.stages]] {i + 1} of {where}", errors))]
+                        if (s := build(ContextStage, stage, f"[[phases.stages]] {i + 1} of {where}", errors))
+                        and runs_at_size(s, sections["model"])]
         phase.merge = build(Merge, table["merge"], f"[phases.merge] of {where}", errors) if "merge" in table else None
         phases[phase.number] = phase
     rl_table = raw.get("rl", {})

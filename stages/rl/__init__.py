@@ -46,10 +46,16 @@ from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
+from stages.rl import reward_model
 
 SCALE_REWARDS = ("group", "none")
 
+app = typer.Typer(cls=options.DefaultCommandGroup, help="Reinforcement learning: one of the recipe's four GRPO stages "
+                  "(default: `granite rl --stage N` is `granite rl run --stage N`) or the reward model of the RLHF stage "
+                  "(`reward-model`).")
 
+
+@app.command("run")
 @training_command(log_every=1)
 def rl_command(
     data: Optional[list[str]] = typer.Argument(None, help="RL prompt files (docs/design.md, contract 3). Default: the "
@@ -357,3 +363,6 @@ def cached(path: Path, settings: str, compute):
     answers = compute()
     path.write_text(json.dumps({"settings": settings, "answers": answers}))
     return answers
+
+
+app.command("reward-model")(reward_model.reward_model_command)
