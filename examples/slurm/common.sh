@@ -1,6 +1,6 @@
 # Sourced by every script here. Settings come from the environment (submit.sh passes them on):
 #   RECIPE   the recipe (default examples/recipes/granite-4.1-8b.toml); RUN_DIR its run directory
-#   GRANITE_PRINT_ONLY=1  print each granite command instead of running it (tests, and a look before submitting)
+#   GRANITE_PRINT_ONLY=1  print each granite command to stderr instead of running it (tests; a look before submitting)
 set -euo pipefail
 RECIPE=${RECIPE:-examples/recipes/granite-4.1-8b.toml}
 RUN_DIR=${RUN_DIR:-runs/$(basename "$RECIPE" .toml)}
@@ -8,12 +8,12 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 
 # granite ARGS...: one process (data stages, evaluation)
 granite() {
-  if [ "${GRANITE_PRINT_ONLY:-0}" = 1 ]; then echo "granite $*"; else python -m granite_cli "$@"; fi
+  if [ "${GRANITE_PRINT_ONLY:-0}" = 1 ]; then echo "granite $*" >&2; else python -m granite_cli "$@"; fi
 }
 
 # distributed ARGS...: one torchrun per node over all the job's nodes (training stages)
 distributed() {
-  if [ "${GRANITE_PRINT_ONLY:-0}" = 1 ]; then echo "granite $*"; return; fi
+  if [ "${GRANITE_PRINT_ONLY:-0}" = 1 ]; then echo "granite $*" >&2; return; fi
   local head
   head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
   srun torchrun --nnodes "$SLURM_NNODES" --nproc-per-node "$GPUS_PER_NODE" --rdzv-backend c10d \
