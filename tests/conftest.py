@@ -64,3 +64,20 @@ def checkpoint(tokenizer_dir, tmp_path_factory):
     save_checkpoint(out, GraniteForCausalLM(config).state_dict(), config, tokenizer_dir,
                     [{"stage": "sft", "arguments": {}, "metrics": {}}])
     return out
+
+
+def parse_cli(args: list[str]) -> None:
+    """Parse a granite command line down to its subcommand without running it: unknown flags, flags missing a value
+    and values of the wrong type raise (what `--help`-level validation of a script's commands needs)."""
+    import typer
+
+    from granite_cli.app import app
+
+    def parse(command, words, parent=None):
+        ctx = command.make_context(command.name or "granite", list(words), parent=parent)
+        if hasattr(command, "resolve_command"):
+            rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+            _, sub, rest = command.resolve_command(ctx, rest)
+            parse(sub, rest, ctx)
+
+    parse(typer.main.get_command(app), args)

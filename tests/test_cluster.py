@@ -9,10 +9,8 @@ import shlex
 import subprocess
 
 import pytest
-import typer
 
-from conftest import REPO, granite
-from granite_cli.app import app
+from conftest import REPO, granite, parse_cli
 
 SLURM = REPO / "examples" / "slurm"
 SIZES = ("3b", "8b", "30b")
@@ -75,19 +73,9 @@ def test_the_driver_chains_the_recipe_with_afterok():
     assert "extend-512K" not in dry_run("examples/recipes/granite-4.1-3b.toml")
 
 
-def parse(command, args: list[str], parent=None) -> None:
-    """Parse a command line the way `granite` would, down to the subcommand, without running it."""
-    ctx = command.make_context(command.name or "granite", list(args), parent=parent)
-    if hasattr(command, "resolve_command"):
-        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
-        _, sub, rest = command.resolve_command(ctx, rest)
-        parse(sub, rest, ctx)
-
-
 def test_every_command_a_script_would_run_parses(tmp_path):
-    root = typer.main.get_command(app)
     with pytest.raises(Exception, match="No such option"):
-        parse(root, ["rl", "--stage", "2", "--no-such-flag"])  # the check can fail
+        parse_cli(["rl", "--stage", "2", "--no-such-flag"])  # the check can fail
     commands = []
     for name, (_, words) in dry_run("examples/recipes/granite-4.1-30b.toml").items():
         script = next(w for w in words if w.endswith(".sbatch"))
@@ -98,4 +86,4 @@ def test_every_command_a_script_would_run_parses(tmp_path):
         commands += [shlex.split(line)[1:] for line in printed if line.startswith("granite ")]
     assert len(commands) >= 30
     for args in commands:
-        parse(root, args)
+        parse_cli(args)
