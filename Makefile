@@ -40,43 +40,87 @@ test: install eval-data
 test-all: install eval-data
 	$(PY) -m pytest -q -m ""
 
-# The whole recipe on the embedded default (the tiny recipe over the bundled sample data).
-# Each stage writes under runs/$(RECIPE)/ (the recipe's run directory).
-all: install eval-data
+# The whole recipe on the embedded default (the tiny recipe over the bundled sample data), one target per stage.
+# Each target is a file the stage writes last (a checkpoint's lineage.json, a shard directory's manifest.json, an
+# evaluation's results.json), so a second `make all` does nothing, `make -n all` shows the plan, and after
+# `make sft` (which reruns SFT) the next `make all` reruns what depends on it. Everything goes under runs/$(RECIPE)/.
+RUN := runs/$(RECIPE)
+CK := $(RUN)/checkpoints
+SHARDS := $(RUN)/shards
+PHASE5 := $(foreach s,$(PHASE5_STAGES),$(SHARDS)/phase-5-$(s)/manifest.json)
+EVAL = $(GRANITE) eval $(patsubst %/,%,$(dir $<)) --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
+TRAINED := $(foreach p,1 2 3 4,pretrain-phase-$(p)) extend-context sft $(foreach s,1 2 3 4,rl-stage-$(s))
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.SECONDARY:  # keep every stage's output: make would delete the ones it sees as intermediate
+
+all: install eval-data $(RUN)/report/report.html
+
+$(RUN)/tokenizer/tokenizer.json: | install
 	$(GRANITE) recipe show $(RECIPE)
-	$(GRANITE) tokenize train --recipe $(RECIPE)
-	# the fixed validation set: held-out documents of the phase-4 (high-quality) sources the phases anneal towards
+	$(GRANITE) tokenize train --recipe $(RECIPE) --overwrite
+
+# the fixed validation set: held-out documents of the phase-4 (high-quality) sources the phases anneal towards
+$(SHARDS)/heldout/manifest.json: $(RUN)/tokenizer/tokenizer.json
 	$(GRANITE) mix --heldout --phase 4 --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --overwrite
-	for phase in 1 2 3 4; do \
-	  $(GRANITE) mix --phase $$phase --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $$phase --overwrite || exit 1; \
-	  $(GRANITE) pretrain --phase $$phase --recipe $(RECIPE) --overwrite || exit 1; \
-	  $(GRANITE) eval runs/$(RECIPE)/checkpoints/pretrain-phase-$$phase --recipe $(RECIPE) \
-	    --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64 || exit 1; \
-	done
-	# phase 5: the context grows stage by stage, each stage merged with its parent (the merge weight chosen from data)
-	for stage in $(PHASE5_STAGES); do \
-	  $(GRANITE) mix --phase 5 --stage $$stage --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase 5 --overwrite || exit 1; \
-	done
+
+$(SHARDS)/phase-%/manifest.json: $(RUN)/tokenizer/tokenizer.json
+	$(GRANITE) mix --phase $* --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase $* --overwrite
+
+# phase 5's stages: each its own mixture and budget (the shorter stem wins over the rule above)
+$(SHARDS)/phase-5-%/manifest.json: $(RUN)/tokenizer/tokenizer.json
+	$(GRANITE) mix --phase 5 --stage $* --recipe $(RECIPE) | $(GRANITE) tokenize --recipe $(RECIPE) --phase 5 --overwrite
+
+# phases 1-4, each from the previous one's weights
+$(CK)/pretrain-phase-%/lineage.json: $(SHARDS)/phase-%/manifest.json $(SHARDS)/heldout/manifest.json
+	$(GRANITE) pretrain --phase $* --recipe $(RECIPE) --overwrite
+$(CK)/pretrain-phase-2/lineage.json: $(CK)/pretrain-phase-1/lineage.json
+$(CK)/pretrain-phase-3/lineage.json: $(CK)/pretrain-phase-2/lineage.json
+$(CK)/pretrain-phase-4/lineage.json: $(CK)/pretrain-phase-3/lineage.json
+
+# phase 5: the context grows stage by stage, each stage merged with its parent (the merge weight chosen from data)
+$(CK)/extend-context/lineage.json: $(CK)/pretrain-phase-4/lineage.json $(PHASE5)
 	$(GRANITE) extend-context --recipe $(RECIPE) --merge-weights 0,0.15,0.3,0.5 --overwrite
-	$(GRANITE) eval runs/$(RECIPE)/checkpoints/extend-context --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
-	# SFT data curation: the deterministic checks and dedup (an LLM judge needs a served model: see README)
-	$(GRANITE) filter examples/data/chat/sft.jsonl.zst --recipe $(RECIPE) \
-	  -o runs/$(RECIPE)/filter/kept.jsonl.zst --audit runs/$(RECIPE)/filter/audit.jsonl
+
+# SFT data curation: the deterministic checks and dedup (an LLM judge needs a served model: see README)
+$(RUN)/filter/kept.jsonl.zst: examples/data/chat/sft.jsonl.zst | install
+	$(GRANITE) filter $< --recipe $(RECIPE) -o $@ --audit $(RUN)/filter/audit.jsonl
+
+$(CK)/sft/lineage.json: $(CK)/extend-context/lineage.json $(RUN)/filter/kept.jsonl.zst
 	$(GRANITE) sft --recipe $(RECIPE) --overwrite
-	$(GRANITE) eval runs/$(RECIPE)/checkpoints/sft --recipe $(RECIPE) --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64
-	# the reward model the RLHF stage is scored by, from the SFT model; it prints its held-out pairwise accuracy
+
+# the reward model the RLHF stage is scored by; it prints its held-out pairwise accuracy
+$(CK)/reward-model/lineage.json: $(CK)/sft/lineage.json
 	$(GRANITE) rl reward-model --recipe $(RECIPE) --overwrite
-	# RL stages 1-4 (multi-domain, rlhf, identity-calibration, math), each from the one before; each prints the
-	# regression table: every domain's held-out reward after every stage so far
-	for stage in 1 2 3 4; do \
-	  $(GRANITE) rl --stage $$stage --recipe $(RECIPE) --overwrite || exit 1; \
-	  $(GRANITE) eval runs/$(RECIPE)/checkpoints/rl-stage-$$stage --recipe $(RECIPE) \
-	    --tasks $(EVAL_TASKS) --limit $(EVAL_LIMIT) --batch-size 64 || exit 1; \
-	done
-	$(GRANITE) info runs/$(RECIPE)/checkpoints/rl-stage-4
+
+# RL stages 1-4 (multi-domain, rlhf, identity-calibration, math), each from the one before; each prints the
+# regression table: every domain's held-out reward after every stage so far
+$(CK)/rl-stage-%/lineage.json: $(CK)/reward-model/lineage.json
+	$(GRANITE) rl --stage $* --recipe $(RECIPE) --overwrite
+$(CK)/rl-stage-1/lineage.json: $(CK)/sft/lineage.json
+$(CK)/rl-stage-2/lineage.json: $(CK)/rl-stage-1/lineage.json
+$(CK)/rl-stage-3/lineage.json: $(CK)/rl-stage-2/lineage.json
+$(CK)/rl-stage-4/lineage.json: $(CK)/rl-stage-3/lineage.json
+
+# an evaluation after every stage
+$(RUN)/eval/%/results.json: $(CK)/%/lineage.json | eval-data
+	$(EVAL)
+
+# the report card: runs/$(RECIPE)/report/report.md, figures/*.png and a self-contained report.html
+$(RUN)/report/report.html: $(foreach t,$(TRAINED),$(RUN)/eval/$(t)/results.json)
+	$(GRANITE) info $(CK)/rl-stage-4
 	$(GRANITE) eval table --recipe $(RECIPE)
-	# the report card: runs/$(RECIPE)/report/report.md, figures/*.png and a self-contained report.html
-	$(GRANITE) report runs/$(RECIPE)
+	$(GRANITE) report $(RUN)
+
+# `make sft` (or any stage's name) reruns that stage; the next `make all` reruns what depends on it
+STAGES := tokenizer $(TRAINED) reward-model filter
+.PHONY: $(STAGES)
+tokenizer:
+	rm -f $(RUN)/tokenizer/tokenizer.json && $(MAKE) $(RUN)/tokenizer/tokenizer.json
+filter:
+	rm -f $(RUN)/filter/kept.jsonl.zst && $(MAKE) $(RUN)/filter/kept.jsonl.zst
+$(filter-out tokenizer filter,$(STAGES)):
+	rm -f $(CK)/$@/lineage.json && $(MAKE) $(CK)/$@/lineage.json
 
 # Side-by-side measurements with the tools a user would otherwise pick (their packages are installed here only).
 # bench_pretrain and bench_eval_agreement use what `make all` made (phase-1 shards, the phase-4 checkpoint).
