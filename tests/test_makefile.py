@@ -24,8 +24,10 @@ OUTPUTS = ["tokenizer/tokenizer.json", "shards/heldout/manifest.json",
 
 
 def plan(checkout) -> list[str]:
-    result = subprocess.run(["make", "-n", "all"], cwd=checkout, capture_output=True, text=True, check=True,
-                            env={**os.environ, "MAKEFLAGS": ""})
+    # run as a top-level make even under `make test` (a sub-make would print its directory and level)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    result = subprocess.run(["make", "-n", "--no-print-directory", "all"], cwd=checkout, capture_output=True, text=True,
+                            check=True, env=env)
     return [line for line in result.stdout.splitlines() if line.strip()]
 
 
