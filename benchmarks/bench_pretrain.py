@@ -7,6 +7,7 @@ happens there); tokens/s = global batch tokens / that median. The goal compares 
 divides achieved model FLOP/s (granite_cli/training/flops.py) by this machine's measured fp32 matmul peak.
 
     python benchmarks/bench_pretrain.py [--preset small-10m] [--steps 8] [--settings fp32,bf16,bf16+compile]
+    python benchmarks/bench_pretrain.py --profile bf16   # where granite's step time goes, by kind of work
 """
 
 from __future__ import annotations
@@ -100,12 +101,54 @@ def hf_trainer_seconds_per_step(preset: str, steps: int, vocab: int, setting: st
     return statistics.median(times[WARMUP:])
 
 
+# what each profiled op is, by the first name fragment it contains (torch.profiler's aten op names)
+KINDS = [("loss (chunked log-probabilities)", ("log_softmax", "logsumexp", "nll", "gather")),
+         ("attention (SDPA, forward and backward)", ("scaled_dot_product",)),
+         ("matmul (linear layers)", ("aten::mm", "addmm", "bmm", "linear", "matmul")),
+         ("optimizer", ("adam", "_foreach", "lerp", "addcdiv", "addcmul")),
+         ("norms", ("rsqrt", "pow", "mean", "norm")),
+         ("copies and casts (bf16 autocast)", ("copy", "_to_copy", "contiguous", "clone", "cat")),
+         ("elementwise and fills", ("mul", "add", "silu", "neg", "sub", "div", "exp", "sigmoid", "where", "fill", "zero"))]
+
+
+def profile(preset: str, vocab: int, setting: str) -> None:
+    """Self CPU time of three granite steps grouped by kind of work (eager: compiled kernels have no op names)."""
+    import torch
+    from transformers import GraniteForCausalLM
+
+    from granite_cli.training import distributed
+    from granite_cli.training.schedules import build_schedule
+    from granite_cli.training.trainer import Trainer, TrainSettings
+    from model.presets import build_config
+
+    torch.manual_seed(0)
+    settings = TrainSettings(steps=5, global_batch=GLOBAL, micro_batch=MICRO, seq_len=SEQ,
+                             schedule=build_schedule({"name": "constant"}, 1e-3, total=1), precision=setting)
+    batches = windows_source(SEQ, GLOBAL)
+    trainer = Trainer(GraniteForCausalLM(build_config(preset, vocab_size=vocab)), settings, batches,
+                      distributed.Dist(0, 1, 0, torch.device("cpu")), Path("/tmp"), save=lambda *a: None)
+    trainer.step_on(batches.batch(0))  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for step in range(1, 4):
+            trainer.step_on(batches.batch(step))
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        kind = next((k for k, fragments in KINDS if any(f in name for f in fragments)), "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values())
+    print(f"granite, {preset}, {setting}, 3 steps of {GLOBAL} x {SEQ} tokens: self CPU time by kind of work")
+    for kind, micros in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {kind:40s} {micros / 3e6:7.3f} s/step  {100 * micros / whole:5.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small-10m")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--settings", default="fp32,bf16,bf16+compile")
     parser.add_argument("--mfu-presets", default="tiny-2m,base-50m")
+    parser.add_argument("--profile", choices=("fp32", "bf16"), help="only profile granite's step at this precision")
     args = parser.parse_args()
     import torch
 
@@ -113,6 +156,8 @@ def main() -> None:
     from granite_cli.data.tokenizer_io import load_tokenizer
 
     vocab = len(load_tokenizer(str(tokenizer())))
+    if args.profile:
+        return profile(args.preset, vocab, args.profile)
     tokens_per_step = GLOBAL * SEQ
     seconds, config = {}, None
     for setting in args.settings.split(","):
