@@ -197,9 +197,9 @@ def main(argv=None) -> dict:
                                                                                     "--nproc-per-node", "1"),
                                                     ("--parallel", "fsdp")))
     results["packed_sft"] = packed_sft(args, device)
-    fp32_args = argparse.Namespace(**{**vars(args), "compile": False})
-    bf16_plain = bf16 if not args.compile else pretrain(run_dir, fp32_args, "bf16-eager", "bf16")
-    results["bf16_vs_fp32"] = loss_gap(bf16_plain, pretrain(run_dir, fp32_args, "fp32", "fp32"))
+    eager = argparse.Namespace(**{**vars(args), "compile": False})  # the loss comparison, without compilation
+    bf16_eager = bf16 if not args.compile else pretrain(run_dir, eager, "bf16-eager", "bf16")
+    results["bf16_vs_fp32"] = loss_gap(bf16_eager, pretrain(run_dir, eager, "fp32", "fp32"))
     results["seconds"] = time.perf_counter() - started
     print(table(results))
     save("gpu-smoke" if args.smoke else "gpu", results)

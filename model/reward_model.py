@@ -109,6 +109,7 @@ class RewardScorer:
 
         self.model, self.offset = load_reward_model(directory)
         self.model.to(device)
+        self.scorer = RewardScores(self.model)
         self.device, self.batch_tokens = device, batch_tokens
         self.renderer = ChatRenderer(load_tokenizer(str(directory)))
         self.directory = Path(directory)
@@ -136,7 +137,7 @@ class RewardScorer:
             for r, i in enumerate(chunk):
                 ids[r, :len(rows[i])] = torch.tensor(rows[i])
                 labels[r, len(rows[i]) - 1] = 0
-            scored, _ = RewardScores(self.model)(ids.to(self.device), labels.to(self.device))
+            scored, _ = self.scorer(ids.to(self.device), labels.to(self.device))
             for r, i in enumerate(chunk):
                 out[i] = float(scored[r, len(rows[i]) - 1])
             start = end

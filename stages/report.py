@@ -24,6 +24,7 @@ import typer
 from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
+from model.checkpoint import read_lineage
 
 
 def report_command(
@@ -39,11 +40,12 @@ def report_command(
         raise BadInput("not a run directory (no checkpoints/ or eval/): run the recipe first (`make all`)", str(root))
     out = Path(output) if output else root / "report"
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    documents = eval_documents(root)
     blocks = [("h1", f"granite report: {root}")]
-    blocks += evaluation_blocks(root)
+    blocks += evaluation_blocks(root, documents)
     for title, draw in FIGURES:
         blocks.append(("h2", title))
-        path, missing = draw(root, out / "figures")
+        path, missing = draw(root, out / "figures", documents)
         blocks.append(("figure", path, title) if path else ("p", f"Not drawn: {missing}."))
     blocks += lineage_blocks(root)
     (out / "report.md").write_text(markdown(blocks))
@@ -53,14 +55,22 @@ def report_command(
 
 
 # ------------------------------------------------------------------ tables
-def evaluation_blocks(root: Path) -> list:
-    from granite_cli.eval_results import by_stage, read_results, shown
+def eval_documents(root: Path) -> list[dict]:
+    """Every evaluation of the run (eval/*/results.json), oldest first; none is an empty list."""
+    from granite_cli.eval_results import read_results
 
-    paths = sorted((root / "eval").glob("*/")) if (root / "eval").is_dir() else []
     try:
-        benchmarks, rewards = by_stage(read_results(paths))
+        return read_results(sorted((root / "eval").glob("*/")))
     except BadInput:
+        return []
+
+
+def evaluation_blocks(root: Path, documents: list[dict]) -> list:
+    from granite_cli.eval_results import by_stage, shown
+
+    if not documents:
         return [("h2", "Evaluation after each stage"), ("p", "No evaluation results under eval/.")]
+    benchmarks, rewards = by_stage(documents)
     names = list(dict.fromkeys(n for tasks in benchmarks.values() for n in tasks))
     metric = {n: next(t[n]["main_metric"] for t in benchmarks.values() if n in t) for n in names}
     blocks = [("h2", "Evaluation after each stage"),
@@ -89,7 +99,7 @@ def lineage_blocks(root: Path) -> list:
         return [("h2", "Lineage of the final model"), ("p", "No finished checkpoint.")]
     final = max(finished)[1]
     rows = []
-    for entry in json.loads((final / "lineage.json").read_text()):
+    for entry in read_lineage(final):
         arguments, metrics = entry.get("arguments", {}), entry.get("metrics", {})
         which = " ".join(f"{k} {arguments[k]}" for k in ("phase", "stage") if arguments.get(k) is not None)
         rows.append([entry["stage"], which, f"{metrics['tokens']:,}" if "tokens" in metrics else "-",
@@ -100,8 +110,8 @@ def lineage_blocks(root: Path) -> list:
 
 
 def last_entry(checkpoint: Path) -> dict:
-    path = checkpoint / "lineage.json"
-    return json.loads(path.read_text())[-1] if path.exists() else {}
+    entries = read_lineage(checkpoint)
+    return entries[-1] if entries else {}
 
 
 def metrics_lines(checkpoint: Path) -> list[dict]:
@@ -135,7 +145,7 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def pretraining_figure(root: Path, folder: Path):
+def pretraining_figure(root: Path, folder: Path, documents: list[dict]):
     """Training loss of every pre-training phase (and phase 5's stages) on one token axis, the LR underneath."""
     runs = sorted(root.glob("checkpoints/pretrain-phase-*/"), key=lambda p: p.name)
     runs += sorted((p for p in root.glob("checkpoints/extend-context-*-trained/")), key=lambda p: last_entry(p).get("finished", ""))
@@ -160,11 +170,10 @@ def pretraining_figure(root: Path, folder: Path):
     return save(fig, folder / "pretraining_loss.png"), None
 
 
-def positions_figure(root: Path, folder: Path):
+def positions_figure(root: Path, folder: Path, documents: list[dict]):
     """Loss by position of the parent, the extended and the merged model at each context-extension stage."""
-    merges = [e for e in json.loads((root / "checkpoints/extend-context/lineage.json").read_text())
-              if e["stage"] == "merge" and e["arguments"].get("loss_by_position")] \
-        if (root / "checkpoints/extend-context/lineage.json").exists() else []
+    merges = [e for e in read_lineage(root / "checkpoints" / "extend-context")
+              if e["stage"] == "merge" and e["arguments"].get("loss_by_position")]
     if not merges:
         return None, "no context extension with loss by position (checkpoints/extend-context)"
     fig, axes = figure(1, len(merges), 4.0, squeeze=False, sharey=True)
@@ -182,14 +191,8 @@ def positions_figure(root: Path, folder: Path):
     return save(fig, folder / "loss_by_position.png"), None
 
 
-def ruler_figure(root: Path, folder: Path):
+def ruler_figure(root: Path, folder: Path, documents: list[dict]):
     """The latest RULER result as a length x depth heat map (needle tasks averaged)."""
-    from granite_cli.eval_results import read_results
-
-    try:
-        documents = read_results(sorted((root / "eval").glob("*/")))
-    except BadInput:
-        documents = []
     found = [d for d in documents if d["tasks"].get("ruler", {}).get("grids")]
     if not found:
         return None, "no RULER result (`granite eval --tasks ruler`)"
@@ -214,7 +217,7 @@ def ruler_figure(root: Path, folder: Path):
     return save(fig, folder / "ruler_grid.png"), None
 
 
-def rl_figure(root: Path, folder: Path):
+def rl_figure(root: Path, folder: Path, documents: list[dict]):
     """Held-out reward per domain across the RL stages (the last stage's regression table)."""
     stages = sorted(root.glob("checkpoints/rl-stage-*/"), key=lambda p: p.name)
     tables = [last_entry(p).get("metrics", {}).get("regression") for p in stages]
@@ -236,7 +239,7 @@ def rl_figure(root: Path, folder: Path):
     return save(fig, folder / "rl_reward.png"), None
 
 
-def sft_filter_figure(root: Path, folder: Path):
+def sft_filter_figure(root: Path, folder: Path, documents: list[dict]):
     """SFT's training and validation loss, and the filter's rejections by rule."""
     lines = metrics_lines(root / "checkpoints" / "sft")
     audit = root / "filter" / "audit.jsonl"

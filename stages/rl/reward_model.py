@@ -121,7 +121,8 @@ def reward_model_command(
         if heldout:
             from granite_cli.stats import mean_interval
 
-            accuracy, low, high = mean_interval(trainer.validation.correct(trainer.wrapped).tolist(), flags.seed)
+            # the trainer validates after its last step: the verdicts are the trained model's
+            accuracy, low, high = mean_interval(trainer.validation.correct.tolist(), flags.seed)
             results["heldout_accuracy"] = {"n": len(heldout), "accuracy": accuracy, "ci_low": low, "ci_high": high}
             console.print(f"held-out pairwise accuracy {accuracy:.3f} (95% interval [{low:.3f}, {high:.3f}], "
                           f"{len(heldout)} pairs; chance 0.5)")
@@ -263,19 +264,17 @@ def pair_scores(scorer, pairs: list[Pair], length: int, pad_id: int, micro_batch
 
 
 class PairAccuracy:
-    """The trainer's validation: held-out Bradley-Terry loss and pairwise accuracy (a tie counts half).
+    """The trainer's validation: held-out Bradley-Terry loss and pairwise accuracy (a tie counts half). The last
+    evaluation's per-pair verdicts stay in `correct` (1 ranked right, 0.5 tie, 0 wrong) for the final interval.
 
     Every process scores every held-out pair (a few hundred pairs: less than one training step)."""
 
     def __init__(self, pairs: list[Pair], length: int, pad_id: int, micro_batch: int, autocast):
         self.pairs, self.length, self.pad_id, self.micro, self.autocast = pairs, length, pad_id, micro_batch, autocast
-
-    def correct(self, scorer) -> "np.ndarray":
-        """1 per pair ranked right, 0.5 per tie, 0 per pair ranked wrong."""
-        chosen, rejected = pair_scores(scorer, self.pairs, self.length, self.pad_id, self.micro, self.autocast)
-        return (chosen > rejected) + 0.5 * (chosen == rejected)
+        self.correct = None
 
     def __call__(self, scorer) -> dict:
         chosen, rejected = pair_scores(scorer, self.pairs, self.length, self.pad_id, self.micro, self.autocast)
+        self.correct = (chosen > rejected) + 0.5 * (chosen == rejected)
         loss = float(np.mean(np.logaddexp(0.0, rejected - chosen)))  # -log sigmoid(margin)
-        return {"val_loss": loss, "val_accuracy": float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))}
+        return {"val_loss": loss, "val_accuracy": float(self.correct.mean())}
