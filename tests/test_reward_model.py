@@ -188,5 +188,9 @@ def test_a_bad_pair_stops_the_reward_model_with_its_line(checkpoint, tmp_path):
     assert result.returncode == 2
     assert f"{pairs}:4: 'rejected' must be an assistant message or its text" in result.stderr.decode()
     assert not out.exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    nothing = granite("rl", "reward-model", empty, "--init-from", checkpoint, "-o", out, "--run-dir", tmp_path / "run")
+    assert nothing.returncode == 2 and f"no preference pairs in {empty}" in nothing.stderr.decode() and not out.exists()
     listed = granite("rl", "--help").stdout.decode()
     assert "reward-model" in listed and "run" in listed

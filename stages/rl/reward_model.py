@@ -82,12 +82,15 @@ def reward_model_command(
     policy = ErrorPolicy(on_error)
     train, heldout, counts = read_pairs(paths, policy, fraction)
     policy.report()
+    if not train and not heldout:
+        raise BadInput(f"no preference pairs in {', '.join(paths)}")
     tokenizer = load_tokenizer(str(parent))
     renderer = ChatRenderer(tokenizer)
     for pool, name in ((train, "train"), (heldout, "heldout")):
         render(pool, renderer)
         kept = [p for p in pool if p.length <= length]
-        counts[f"left_out_longer_than_{length}_{name}"] += len(pool) - len(kept)
+        if len(kept) < len(pool):
+            counts[f"left_out_longer_than_{length}_{name}"] += len(pool) - len(kept)
         pool[:] = kept
     if not train:
         raise BadInput(f"no training pairs fit in {length} tokens ({dict(counts)})")
