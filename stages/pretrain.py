@@ -42,7 +42,7 @@ def pretrain_command(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer directory (fresh start). Default: <run-dir>/tokenizer."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps. Default: one pass over the shards."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate. Default: the recipe's, else the parent checkpoint's last LR."),
-    warmup: Optional[str] = typer.Option(None, "--warmup", help="Warmup length: tokens (or steps), or a percentage like 2%%."),
+    warmup: Optional[str] = typer.Option(None, "--warmup", help="Warmup length: tokens (or steps), or a percentage like 2%."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="LR schedule: constant, linear, cosine, exponential, power, "
                                                                    "wsd. Default: the recipe's. Another schedule than the "
                                                                    "recipe's drops the recipe's constants for its own defaults "
@@ -50,7 +50,7 @@ def pretrain_command(
                                                                    "(--lr) and warmup (--warmup) still come from the recipe unless given."),
     batch_tokens: Optional[str] = typer.Option(None, "--batch-tokens", help="Tokens per optimizer step (global batch). Default: the recipe's."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training sequence length. Default: the recipe's."),
-    val_data: Optional[str] = typer.Option(None, "--val-data", help="Held-out shard directory. Default: <run-dir>/shards/heldout, else 2%% of the windows."),
+    val_data: Optional[str] = typer.Option(None, "--val-data", help="Held-out shard directory. Default: <run-dir>/shards/heldout, else 2% of the windows."),
     val_tokens: str = typer.Option("64K", "--val-tokens", help="Tokens of held-out data per validation."),
     flags: TrainingFlags = None,
 ) -> None:

@@ -46,7 +46,7 @@ def sft_command(
     run_dir: Optional[str] = options.RunDirOption,
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training split. Recipe default (IBM: 3)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate. Recipe default (IBM: 5e-6)."),
-    warmup: Optional[str] = typer.Option(None, "--warmup", help="Linear warmup, tokens or a percentage (IBM: 3%%); then linear decay to 0."),
+    warmup: Optional[str] = typer.Option(None, "--warmup", help="Linear warmup, tokens or a percentage (IBM: 3%); then linear decay to 0."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Packed sequence length. Recipe default (IBM: 16384)."),
     batch_sequences: Optional[int] = typer.Option(None, "--batch-sequences", help="Packed sequences per optimizer step. Recipe default (IBM: 256)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of samples (by a hash of their id) held out for validation loss."),
