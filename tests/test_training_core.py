@@ -139,3 +139,27 @@ def test_only_labelled_positions_are_projected_and_the_rest_score_zero():
     torch.testing.assert_close(grad_some, hidden.grad)
     nothing, _ = chunked_logprobs(hidden, weight, torch.full_like(labels, IGNORE), 0.5, 4)
     assert not nothing.any()
+
+
+def test_fp32_attention_under_bf16_autocast_is_sdpa_in_fp32_and_stays_out_of_the_checkpoint(tmp_path):
+    from model.attention import SDPA_FP32, use_fp32_attention
+
+    model = tiny_model()
+    ids = batch_of(rows=2, length=16)["input_ids"]
+    packed = torch.cat([torch.arange(9), torch.arange(7)]).repeat(2, 1)  # two documents a row
+    logits = lambda ids, positions: model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()  # noqa: E731
+    with torch.no_grad():
+        exact = logits(ids, packed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = logits(ids, packed)
+        assert use_fp32_attention(model, "bf16", torch.device("cpu"))
+        assert model.config._attn_implementation == SDPA_FP32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = logits(ids, packed)
+        second_document_alone = logits(ids[:, 9:], packed[:, 9:])
+    assert torch.allclose(mixed, exact, atol=0.1) and not torch.equal(mixed, bf16)  # bf16 elsewhere, fp32 attention
+    assert torch.allclose(exact[:, 9:], second_document_alone, atol=1e-5)  # the packed mask still holds
+    model.config.save_pretrained(tmp_path)
+    assert SDPA_FP32 not in (tmp_path / "config.json").read_text()
+    for precision, device in (("fp32", "cpu"), ("bf16", "cuda")):
+        assert not use_fp32_attention(tiny_model(), precision, torch.device(device))

@@ -101,8 +101,11 @@ class Trainer:
                            f"({s.micro_batch}) x processes ({self.dist.world})")
         from granite_cli.training.logprobs import TokenLogprobs
 
+        from model.attention import use_fp32_attention
+
         self.scorer = self.scorer or TokenLogprobs
         self.model.to(self.dist.device)
+        use_fp32_attention(self.model, s.precision, self.dist.device)
         # wrap before building the optimizer: FSDP2 replaces parameters with sharded ones in place
         self.wrapped = distributed.wrap(self.scorer(self.model, s.loss_chunk_tokens), self.dist, s.parallel)
         self.optimizer = make_optimizer(self.model, s)
