@@ -2,11 +2,14 @@
 
 Both train one epoch of the tiny recipe's filtered SFT data (conversations that fit 512 tokens and
 have no tool calls: Arrow, under `datasets`, would add null keys to tool-call arguments and change
-what TRL renders) from the phase-4 checkpoint, 16 packed sequences of 512 tokens a step, fp32 on
+what TRL renders) from the phase-4 checkpoint, 16 packed sequences of 512 tokens a step, on
 CPU. The trained (assistant) tokens of an epoch are counted on both sides and must be equal.
 Throughput is the mean trained tokens of a step over the median step time (the first two steps are
 warm-up). granite drops the last partial batch of the run, TRL keeps it: the per-step rate is what
 is compared.
+
+Each tool runs at each setting, fp32, bf16 autocast, and bf16 with torch.compile (granite: `--precision bf16
+--compile`; TRL: `bf16=True, torch_compile=True`), in one run; the goal compares each tool's best.
 
 TRL runs padding-free (its default with best-fit packing): a micro-batch is one flattened sequence
 with position ids. With 16 sequences per micro-batch that sequence is 8K tokens long and attention
@@ -14,11 +17,12 @@ on CPU (sdpa with a block mask) grows with its square, so TRL gets its best CPU 
 micro-batches of one packed sequence, 16 accumulation steps. granite runs its defaults (one
 micro-batch of 16 rows of 512).
 
-    python benchmarks/bench_sft.py
+    python benchmarks/bench_sft.py [--settings fp32,bf16,bf16+compile]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -48,12 +52,14 @@ def bench_data() -> tuple[Path, int]:
     return path, sum(int(r.trained[1:].sum()) for _, r in chosen)
 
 
-def run_granite(data: Path) -> dict:
+def run_granite(data: Path, setting: str) -> dict:
     out = WORK / "sft-granite"
+    precision = ["--precision", "bf16" if setting.startswith("bf16") else "fp32"]
     subprocess.run([sys.executable, "-m", "granite_cli", "sft", str(data), "--init-from", str(BASE), "-o", str(out),
                     "--seq-len", str(SEQ), "--batch-sequences", str(BATCH), "--micro-batch", str(BATCH), "--epochs", "1",
                     "--lr", str(LR), "--val-fraction", "0", "--log-every", "1", "--peak-tflops", "1", "--overwrite",
-                    "--run-dir", str(WORK / "sft-run")], check=True, cwd=REPO, stderr=subprocess.DEVNULL)
+                    "--run-dir", str(WORK / "sft-run"), *precision, *(["--compile"] if setting.endswith("compile") else [])],
+                   check=True, cwd=REPO, stderr=subprocess.DEVNULL)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if "loss" in m]
     seconds = [SEQ * BATCH / m["tokens_per_second"] for m in steps]
@@ -62,7 +68,7 @@ def run_granite(data: Path) -> dict:
             "trained_tokens_per_second": per_step / statistics.median(seconds[2:]), "final_loss": steps[-1]["loss"]}
 
 
-def run_trl(data: Path) -> dict:
+def run_trl(data: Path, setting: str) -> dict:
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -87,7 +93,8 @@ def run_trl(data: Path) -> dict:
                        assistant_only_loss=True, per_device_train_batch_size=1, gradient_accumulation_steps=BATCH,
                        num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0.03,
                        weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                       dataloader_num_workers=0, seed=0)
+                       dataloader_num_workers=0, seed=0, bf16=setting.startswith("bf16"),
+                       torch_compile=setting.endswith("compile"))
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          callbacks=[timer])
     labels = trainer.train_dataset["labels"]  # -100 outside assistant turns; the model shifts them by one
@@ -101,15 +108,26 @@ def run_trl(data: Path) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", default="fp32,bf16,bf16+compile")
+    args = parser.parse_args()
     if not (BASE / "config.json").exists() or not KEPT.exists():
         raise SystemExit("needs `make all` first (the phase-4 checkpoint and the filtered SFT data)")
     data, expected_trained = bench_data()
-    granite = run_granite(data)
-    trl = run_trl(data)
-    save("sft", {"data": {"conversations": sum(1 for _ in read_records([str(data)]))},
-                 "granite": {"trained_tokens_per_epoch": expected_trained, **granite}, "trl": trl,
-                 "same_trained_tokens_per_epoch": expected_trained == trl["trained_tokens_per_epoch"],
-                 "ratio": granite["trained_tokens_per_second"] / trl["trained_tokens_per_second"]})
+    granite, trl = {}, {}
+    for setting in args.settings.split(","):
+        granite[setting], trl[setting] = run_granite(data, setting), run_trl(data, setting)
+        print(f"{setting}: granite {granite[setting]['trained_tokens_per_second']:.0f} trained tokens/s, "
+              f"TRL {trl[setting]['trained_tokens_per_second']:.0f}", file=sys.stderr)
+    rate = lambda results, s: results[s]["trained_tokens_per_second"]  # noqa: E731
+    best_granite, best_trl = max(granite, key=lambda s: rate(granite, s)), max(trl, key=lambda s: rate(trl, s))
+    save("sft", {"data": {"conversations": sum(1 for _ in read_records([str(data)])),
+                          "trained_tokens_per_epoch": expected_trained},
+                 "granite": granite, "trl": trl,
+                 "same_trained_tokens_per_epoch": all(expected_trained == r["trained_tokens_per_epoch"] for r in trl.values()),
+                 "ratio_same_setting": {s: rate(granite, s) / rate(trl, s) for s in granite},
+                 "best": {"granite": best_granite, "trl": best_trl},
+                 "ratio_best_vs_best": rate(granite, best_granite) / rate(trl, best_trl)})
 
 
 if __name__ == "__main__":
