@@ -22,14 +22,15 @@ from model.generation import Completion, Request, truncate_at_stop
 
 
 def post_json(url: str, body: dict, headers: dict, timeout: float, retries: int, backoff: float = 1.0) -> dict:
-    """POST JSON and parse the JSON answer; network errors, timeouts, 429, 5xx and unparsable bodies are retried."""
+    """POST JSON and parse the JSON answer ({} for an empty one); network errors, timeouts, 429, 5xx and unparsable bodies are retried."""
     data = json.dumps(body).encode()
     delay = backoff
     for attempt in range(retries + 1):
         request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+                raw = response.read()
+                return json.loads(raw) if raw.strip() else {}  # control routes (vLLM's weight updates) may answer nothing
         except urllib.error.HTTPError as err:
             if err.code < 500 and err.code != 429:
                 detail = err.read()[:300].decode(errors="replace")

@@ -30,6 +30,15 @@ def tokens_with_logprobs(text: str, lower_digit_share: float = 0.0) -> list[dict
     return out
 
 
+def send_json(handler: http.server.BaseHTTPRequestHandler, status: int, answer: dict) -> None:
+    data = json.dumps(answer).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeOpenAI:
     def __init__(self, respond, lower_digit_share: float = 0.0):
         self.respond, self.lower_digit_share = respond, lower_digit_share
@@ -60,12 +69,7 @@ class FakeOpenAI:
                 choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 if body.get("logprobs"):
                     choice["logprobs"] = {"content": tokens_with_logprobs(content, server.lower_digit_share)}
-                data = json.dumps({"choices": [choice]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, {"choices": [choice]})
 
             def log_message(self, *args):
                 pass

@@ -24,8 +24,10 @@ Where this departs from the papers:
   the sampler, so the first update's ratio is exactly 1 (the sampler's numbers can differ slightly).
 - Transformers' `generate` prefills each of the G samples of a prompt separately (it repeats the prompt
   before prefill): the KV cache is not shared across a group. vLLM shares it; the in-process sampler does not.
-- Rollouts from an external vLLM/OpenAI server with weight pushes and truncated importance sampling are not
-  built: every process samples in-process, and under torchrun every rank generates the whole step's rollouts.
+- Rollouts sample in-process by default, and under torchrun every rank generates the whole step's rollouts.
+  With --rollout-server an external vLLM server samples (server.py: weights pushed through vLLM's shared-disk
+  weight-transfer routes before each rollout step, truncated importance sampling for the sampler's drift); the
+  trainer is then one process, and vLLM's NCCL / CUDA-IPC weight transfer is not built.
 - The RLHF reward is sigmoid(score - offset) of a Bradley-Terry reward model trained here (IBM does not publish
   its reward model), in [0, 1] like the verifiers' rewards, so chat and verified domains mix in one batch.
 - The zero-variance and truncated masks, the entropy bonus and the top-entropy mask are off by default, as in
@@ -124,6 +126,18 @@ def rl_command(
     verifier_workers: int = typer.Option(4, "--verifier-workers", help="Verifiers (code, SQL) running at once."),
     verifier_timeout: float = typer.Option(30.0, "--verifier-timeout", help="Seconds a verifier may take; past it the reward "
                                            "is 0, counted."),
+    rollout_server: Optional[str] = typer.Option(None, "--rollout-server", help="Sample rollouts from this vLLM server "
+                                                 "(its root URL, e.g. http://127.0.0.1:8000, started with VLLM_SERVER_DEV_MODE=1 "
+                                                 "and --weight-transfer-config '{\"backend\": \"disk\"}'), pushing the policy's "
+                                                 "weights to it before each rollout step. Default: sample in-process."),
+    rollout_model: Optional[str] = typer.Option(None, "--rollout-model", help="The model name the rollout server serves. "
+                                                "Default: the starting checkpoint's path (vLLM names a model by the path "
+                                                "it was started with)."),
+    weight_dir: Optional[str] = typer.Option(None, "--weight-dir", help="Where the policy's weights are written for the "
+                                             "rollout server to load; it must see this path. Default: rollout-weights "
+                                             "in the stage's work directory (.OUTPUT.partial/), removed when it ends."),
+    tis_cap: float = typer.Option(2.0, "--tis-cap", help="With a rollout server: the cap C of truncated importance "
+                                  "sampling, min(pi_trainer / pi_server, C) per token (Yao et al. 2025: 2)."),
     allow_unsafe_code: bool = typer.Option(False, "--allow-unsafe-code", help="Run code prompts' tests without a sandbox where "
                                            "none can be made (never on a shared machine)."),
     on_error: str = options.OnErrorOption,
@@ -159,6 +173,8 @@ def rl_command(
         raise BadInput("--regression-tolerance and --heldout-per-domain must not be negative")
     if flags.parallel == "fsdp":
         raise BadInput("rl samples with the unsharded policy: run it with --parallel ddp")
+    if tis_cap < 1:
+        raise BadInput("--tis-cap must be at least 1")
     kl = beta if beta is not None else entry.beta
     group = samples_per_prompt or table.samples_per_prompt
     per_step = prompts_per_step or table.prompts_per_step
@@ -195,6 +211,7 @@ def rl_command(
         model, reference, lineage = policy_and_reference(parent, kl, flags.seed)
         engine = policy_engine(model, tokenizer, run.dist.device, group * per_step)
         rewarder = Rewarder(verifier_workers, verifier_timeout, RewardScorer(judge, run.dist.device) if judge else None)
+        server = rollout_server_of(rollout_server, rollout_model or str(parent), weight_dir, run, tokenizer)
         new_tokens = fit_prompts(train_prompts, heldout_prompts, engine, tokenizer, context,
                                  max_new_tokens if max_new_tokens is not None else table.max_new_tokens, counts)
         n_steps = steps if steps is not None else (entry.steps or math.ceil(len(train_prompts) / per_step))
@@ -221,13 +238,15 @@ def rl_command(
             max_draws=max_draws, mask_truncated=mask_truncated, skip_zero_variance=skip_zero_variance,
             top_entropy=top_entropy, reference=kl > 0), rewarder, tokenizer.eos_token_id, tokenizer.pad_token_id)
         objective = PolicyLoss(normalisation, epsilon_low if epsilon_low is not None else table.epsilon_low,
-                               epsilon_high if epsilon_high is not None else table.epsilon_high, kl, entropy_coef, new_tokens)
+                               epsilon_high if epsilon_high is not None else table.epsilon_high, kl, entropy_coef, new_tokens,
+                               tis_cap)
         trainer = run.trainer(model, settings, rollouts, tokenizer_dir, lineage, loss=objective, reference=reference)
-        rollouts.attach(trainer, engine)
+        rollouts.attach(trainer, engine, server, tokenizer_dir)
         console.print(f"rl stage {stage} ({entry.name}) from {parent}: {n_steps} steps x {per_step} prompts x {group} samples, "
                       f"up to {new_tokens} new tokens, loss {normalisation}, lr {peak_lr:g}, beta {kl:g}; prompts: "
                       f"{dict(counts)}; {settings.precision}, {run.dist.world} process(es) on {run.dist.device}"
-                      + (f"; chat scored by the reward model {judge}" if judge else ""))
+                      + (f"; chat scored by the reward model {judge}" if judge else "")
+                      + (f"; rollouts from {server.url}, weights through {server.weight_dir}" if server else ""))
 
         def evaluate():
             return heldout.answer(engine, heldout_prompts, evaluation, rewarder, trainer.autocast)
@@ -258,6 +277,7 @@ def rl_command(
             "recipe": loaded.name, "stage": stage, "name": entry.name, "steps": n_steps, "lr": peak_lr, "warmup": warmup, "beta": kl,
             "samples_per_prompt": group, "prompts_per_step": per_step, "max_context": context, "max_new_tokens": new_tokens,
             "loss": normalisation, "scale_rewards": scale_rewards, "updates_per_batch": updates_per_batch,
+            "rollout_server": rollout_server, "tis_cap": tis_cap if rollout_server else None,
             "prompts": dict(counts), "command": sys.argv,
         }, [input_record(Path(p)) for p in paths], results=results, files=files)
     if fallen:
@@ -296,6 +316,18 @@ def write_eval_documents(eval_root: Path, parent: Path, out: Path, columns: list
     if len(columns) == 2 and columns[0]["name"] == parent.name:
         write_results(eval_root / f"{parent.name}-rl-reward", str(parent), stage_label(parent), eval_tasks(columns[0]), [])
     write_results(eval_root / f"{out.name}-rl-reward", str(out), f"rl stage {stage}", eval_tasks(columns[-1]), [])
+
+
+def rollout_server_of(url: Optional[str], model_name: str, weight_dir: Optional[str], run, tokenizer):
+    """The external rollout server (server.py), or None to sample in-process."""
+    from stages.rl.server import RolloutServer
+
+    if not url:
+        return None
+    if run.dist.world > 1:
+        raise BadInput("--rollout-server takes a one-process trainer: several processes sharing one server is not built")
+    return RolloutServer(url, Path(weight_dir) if weight_dir else run.workdir / "rollout-weights", tokenizer,
+                         model_name).connect()
 
 
 def chat_tokenizer(parent: Path):

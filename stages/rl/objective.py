@@ -15,6 +15,11 @@ and the batch's loss is the weighted sum over trained tokens divided by the norm
     dr_grpo  sum over all trained tokens / (number of sequences x max new tokens)   (Dr. GRPO: a constant, no
              length bias)
 
+With rollouts from an external server (server.py), the batch also carries `rollout_logprobs`, the server's
+log-probability of each sampled token, and the pg term of each token is weighted by truncated importance sampling,
+min(exp(log pi_old(t) - log pi_server(t)), C): the trainer's probability of what the server sampled over the
+server's, capped (a token whose server log-probability is missing, NaN, keeps weight 1).
+
 The batch carries, per position, `advantages`, `old_logprobs` (when several updates share a rollout batch),
 `ref_logprobs` (when beta > 0), `loss_mask`
 (1 where the token is trained) and `token_weight` (1, or 1 / the sequence's trained tokens for grpo), and per
@@ -32,11 +37,11 @@ class PolicyLoss:
     wants_entropy = True  # entropy is logged every step (entropy collapse is the failure users meet most)
 
     def __init__(self, normalisation: str, epsilon_low: float, epsilon_high: float, beta: float,
-                 entropy_coef: float = 0.0, max_new_tokens: int = 1):
+                 entropy_coef: float = 0.0, max_new_tokens: int = 1, tis_cap: float = 2.0):
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"loss normalisation must be one of {', '.join(NORMALISATIONS)}")
         self.normalisation, self.epsilon_low, self.epsilon_high = normalisation, epsilon_low, epsilon_high
-        self.beta, self.entropy_coef, self.max_new_tokens = beta, entropy_coef, max_new_tokens
+        self.beta, self.entropy_coef, self.max_new_tokens, self.tis_cap = beta, entropy_coef, max_new_tokens, tis_cap
         self._metric_scale = 1.0
 
     def denominator(self, batch: dict) -> float:
@@ -62,7 +67,17 @@ class PolicyLoss:
         ratio = torch.exp(logprobs - old)
         clipped = ratio.clamp(1 - self.epsilon_low, 1 + self.epsilon_high)
         per_token = -torch.minimum(ratio * advantages, clipped * advantages)
-        metrics = {"pg_loss": (per_token * mask).sum()}
+        metrics = {}
+        if "rollout_logprobs" in micro:
+            sampler = micro["rollout_logprobs"]
+            known = ~torch.isnan(sampler)
+            tis = torch.where(known, torch.exp(old.detach() - sampler.nan_to_num()).clamp(max=self.tis_cap), 1.0)
+            per_token = per_token * tis
+            with torch.no_grad():
+                metrics["tis_weight"] = (tis * mask).sum()
+                metrics["tis_capped"] = ((tis >= self.tis_cap).float() * mask).sum()
+                metrics["sampler_gap"] = ((old.detach() - sampler).abs().nan_to_num() * mask).sum()
+        metrics["pg_loss"] = (per_token * mask).sum()
         if self.beta:
             delta = micro["ref_logprobs"] - logprobs
             kl = torch.exp(delta) - delta - 1

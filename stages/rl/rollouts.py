@@ -6,7 +6,8 @@ One rollout step feeds `updates_per_batch` optimizer steps, so `batch(step)` mak
 1. prompts: the step's `prompts_per_step` prompts from a seeded order of the pool (a new order each pass);
 2. generate: G completions per prompt from the current policy, all in one batched `generate`, sampled with
    a seed derived from (seed, step): rollouts are a pure function of (seed, step, weights), so a resumed run
-   draws exactly what the uninterrupted one drew;
+   draws exactly what the uninterrupted one drew; or from an external vLLM server (server.py), the policy's
+   weights pushed to it first, each token with the server's log-probability for the importance correction;
 3. reward: each completion checked by its prompt's verifier (rewards.py), plus DAPO's overlong shaping;
    with dynamic sampling, groups whose rewards are all equal are dropped and more prompts drawn, up to a cap;
 4. advantages: group-relative (advantages.py);
@@ -24,6 +25,8 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -70,20 +73,24 @@ class Sequence:
     prompt_len: int
     advantage: float
     trained: bool
+    sampler_logprobs: Optional[np.ndarray] = None  # the rollout server's, one per completion token (NaN: not given)
 
 
 class Rollouts:
     def __init__(self, prompts: list[Prompt], settings: RolloutSettings, rewarder, eos_id: int, pad_id: int):
         self.prompts, self.s, self.rewarder, self.eos_id, self.pad_id = prompts, settings, rewarder, eos_id, pad_id
-        self.trainer = self.engine = None
+        self.trainer = self.engine = self.server = None
+        self.tokenizer_dir: Optional[Path] = None
         self._rollout, self._minibatches = -1, []
         self._metrics: dict = {}
         self._order: dict[int, np.ndarray] = {}
         self._rolled_at, self._update_tokens = 0.0, 0
 
-    def attach(self, trainer, engine) -> None:
-        """The trainer whose policy samples and scores, and the engine that generates with it."""
-        self.trainer, self.engine = trainer, engine
+    def attach(self, trainer, engine, server=None, tokenizer_dir: Optional[Path] = None) -> None:
+        """The trainer whose policy samples and scores, and the engine that generates with it; or a rollout server
+        (server.py) that samples instead, pushed the policy's weights (a checkpoint with the tokenizer in
+        `tokenizer_dir`) before each rollout step."""
+        self.trainer, self.engine, self.server, self.tokenizer_dir = trainer, engine, server, tokenizer_dir
 
     # ------------------------------------------------------------------ the trainer's side
     def batch(self, step: int) -> dict:
@@ -128,6 +135,8 @@ class Rollouts:
     def sample_groups(self, step: int) -> tuple[list[Group], dict, int]:
         """The step's groups, with dynamic sampling's extra draws when it is on; (groups, seconds by phase, prompts drawn)."""
         timing = {"seconds_generation": 0.0, "seconds_reward": 0.0, "generated_tokens": 0, "failures": Counter()}
+        if self.server:
+            timing["seconds_weight_push"] = self.server.sync(self.trainer, self.tokenizer_dir)
         groups = self.generate(self.step_prompts(step), self.sampling_seed(step, 0), timing)
         drawn = len(groups)
         if not self.s.dynamic_sampling:
@@ -153,13 +162,16 @@ class Rollouts:
 
         sampling = Sampling(max_new_tokens=self.s.max_new_tokens, temperature=self.s.temperature, top_p=self.s.top_p,
                             seed=seed, n=self.s.samples_per_prompt)
-        model = self.engine.model
-        was_training = model.training
-        model.eval()
         started = time.perf_counter()
-        with self.trainer.autocast():
-            results = self.engine.generate([Request(messages=p.messages, tools=p.tools, sampling=sampling) for p in prompts])
-        model.train(was_training)
+        if self.server:
+            results = self.server.generate([p.ids for p in prompts], sampling)
+        else:
+            model = self.engine.model
+            was_training = model.training
+            model.eval()
+            with self.trainer.autocast():
+                results = self.engine.generate([Request(messages=p.messages, tools=p.tools, sampling=sampling) for p in prompts])
+            model.train(was_training)
         rewarded = time.perf_counter()
         texts = [c.text for completions in results for c in completions]
         rewards, failures = self.rewarder.score([p for p, completions in zip(prompts, results) for _ in completions], texts)
@@ -180,7 +192,13 @@ class Rollouts:
         ids = list(completion.token_ids) + ([self.eos_id] if completion.finish_reason == "stop" else [])
         trained = not (self.s.mask_truncated and completion.finish_reason == "length")
         trained = trained and not (self.s.skip_zero_variance and zero_variance)
-        return Sequence(np.array(group.prompt.ids + ids, dtype=np.int64), len(group.prompt.ids), float(advantage), trained)
+        sampler = None
+        if self.server:  # the server's log-probability of each trained token; the appended end token's may be missing
+            sampler = np.full(len(ids), np.nan, dtype=np.float32)
+            given = np.array(completion.logprobs[:len(ids)], dtype=np.float32)
+            sampler[:len(given)] = given
+        return Sequence(np.array(group.prompt.ids + ids, dtype=np.int64), len(group.prompt.ids), float(advantage), trained,
+                        sampler)
 
     def pack(self, sequences: list[Sequence]) -> tuple[dict, list[tuple[int, int, int]]]:
         """A mini-batch of packed rows, and each sequence's (row, first, last+1) span of trained positions."""
@@ -196,6 +214,7 @@ class Rollouts:
         advantages = np.zeros((n_rows, width), dtype=np.float32)
         mask = np.zeros((n_rows, width), dtype=np.float32)
         count = np.zeros(n_rows, dtype=np.float32)
+        sampled = np.full((n_rows, width), np.nan, dtype=np.float32) if self.server else None
         spans = []
         for r, row in enumerate(rows):
             start = 0
@@ -207,6 +226,8 @@ class Rollouts:
                 labels[r, first:last] = s.ids[s.prompt_len:]
                 advantages[r, first:last] = s.advantage
                 mask[r, first:last] = float(s.trained)
+                if sampled is not None:
+                    sampled[r, first:last] = s.sampler_logprobs
                 count[r] += 1
                 spans.append((r, first, last))
                 start += n
@@ -214,6 +235,8 @@ class Rollouts:
         batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
                  "position_ids": torch.from_numpy(positions), "advantages": torch.from_numpy(advantages),
                  "loss_mask": torch.from_numpy(mask), "sequences": torch.from_numpy(count)}
+        if sampled is not None:
+            batch["rollout_logprobs"] = torch.from_numpy(sampled)
         return batch, spans
 
     def score_old_and_reference(self, minibatches: list[tuple[dict, list]]) -> None:
@@ -264,5 +287,6 @@ class Rollouts:
             "generation_tokens_per_second": timing["generated_tokens"] / max(timing["seconds_generation"], 1e-9),
             "seconds_generation": timing["seconds_generation"], "seconds_reward": timing["seconds_reward"],
             "seconds_scoring": timing["seconds_scoring"],
+            **({"seconds_weight_push": timing["seconds_weight_push"]} if "seconds_weight_push" in timing else {}),
             **({"verifier_failures": dict(timing["failures"])} if timing["failures"] else {}),
         }
