@@ -27,6 +27,7 @@ class FakeVLLM:
         self.calls: list[str] = []
         self.completions: list[dict] = []
         self.pushed: list[dict] = []
+        self.versions: list[str] = []  # finish_weight_update's weight_version, as vLLM's /weight_info would report it
         self.updating = self.loaded = False
         self.lock = threading.Lock()
         server = self
@@ -63,6 +64,7 @@ class FakeVLLM:
                 return 200, {}
             if route == "finish_weight_update" and self.updating and self.loaded:
                 self.updating = False
+                self.versions.append(body.get("weight_version"))
                 return 200, {}
             return 400, {"error": f"{route} out of order"}
 

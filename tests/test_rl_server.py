@@ -69,6 +69,7 @@ def test_rl_samples_from_the_server_and_pushes_the_policy_before_each_rollout_st
     first, second = fake_vllm.pushed
     assert all(torch.equal(first[name], start[name]) for name in start)  # step 1 samples from the starting weights
     assert any(not torch.equal(second[name], start[name]) for name in start)  # step 2 from the weights after step 1
+    assert fake_vllm.versions == ["step-0", "step-1"]
     body = fake_vllm.completions[0]
     assert body["n"] == 8 and body["logprobs"] == 0 and body["return_tokens_as_token_ids"] is True
     assert isinstance(body["prompt"], list) and all(isinstance(t, int) for t in body["prompt"])

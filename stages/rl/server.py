@@ -10,8 +10,9 @@ log-probability. The completion's text is decoded here, by the policy's tokenize
 
 Weight push: vLLM's weight-transfer routes (served under VLLM_SERVER_DEV_MODE) with its shared-disk backend. The
 trainer writes the policy as a checkpoint into --weight-dir, a directory the server can read, then POSTs
-/start_weight_update, /update_weights {"update_info": {"path": DIR}} and /finish_weight_update
-(/init_weight_transfer_engine {"init_info": {}} once, first). It pushes before every rollout step whose weights
+/start_weight_update, /update_weights {"update_info": {"path": DIR}} and /finish_weight_update {"weight_version":
+"step-N"} (/init_weight_transfer_engine {"init_info": {}} once, first). The shared-disk backend is in recent vLLM
+releases only. It pushes before every rollout step whose weights
 the server does not have, the first step of a process included: a resumed run's weights are not the checkpoint
 the server started from. vLLM's NCCL and CUDA-IPC backends move weights without the disk; they need a
 communicator on the trainer's GPU and are not built here.
@@ -69,7 +70,7 @@ class RolloutServer:
         save_checkpoint(self.weight_dir, trainer.model_state(), trainer.model.config, tokenizer_dir, lineage=[])
         self.post("start_weight_update", {})
         self.post("update_weights", {"update_info": {"path": str(self.weight_dir)}})
-        self.post("finish_weight_update", {})
+        self.post("finish_weight_update", {"weight_version": f"step-{trainer.step}"})  # vLLM's /weight_info names it
         self.pushed_version, self.pushes = trainer.step, self.pushes + 1
         return time.perf_counter() - started
 
