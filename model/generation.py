@@ -178,18 +178,41 @@ class LocalEngine:
         import torch
 
         first = settings[0]
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         scored = any(s.logprobs or s.top_logprobs for s in settings)
-        if first.temperature > 0:
-            torch.manual_seed(first.seed + offset)
         with torch.no_grad():
+            encoded, cache = self._prefill(prompts)
+            if first.temperature > 0:
+                torch.manual_seed(first.seed + offset)
             out = self.model.generate(
-                **encoded, max_new_tokens=max(s.max_new_tokens for s in settings), stop_strings=list(first.stop) or None,
-                tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                return_dict_in_generate=True, output_logits=scored, **first.decoding())
+                **encoded, **cache, max_new_tokens=max(s.max_new_tokens for s in settings),
+                stop_strings=list(first.stop) or None, tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id, return_dict_in_generate=True, output_logits=scored,
+                **first.decoding())
         new = out.sequences[:, encoded["input_ids"].shape[1]:]
         chosen, top = _token_scores(out.logits, new, max(s.top_logprobs for s in settings)) if scored else (None, None)
         return [self._completion(new[row], chosen, top, row, settings[row]) for row in range(len(prompts))]
+
+    def _prefill(self, prompts: list[str]) -> tuple[dict, dict]:
+        """The batch's inputs, and a KV cache that already holds each distinct prompt once when prompts repeat (the
+        n samples of a request, rl's group of G): a repeated prompt is prefilled once and its cache copied to its
+        rows, so prefill costs the distinct prompts, not every sample. `generate` then feeds only the last prompt
+        token. Returns (inputs, {"cache": cache} or {})."""
+        import torch
+        from transformers import DynamicCache
+
+        distinct = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
+        encoded = self.tokenizer(list(distinct), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        rows = torch.tensor([distinct[prompt] for prompt in prompts], device=self.device)
+        batch = {name: value[rows] for name, value in encoded.items()}
+        if len(distinct) == len(prompts) or encoded["input_ids"].shape[1] < 2:
+            return batch, {}
+        mask = encoded["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: as generate numbers positions
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=encoded["input_ids"][:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   cache=cache, use_cache=True)
+        cache.batch_select_indices(rows)
+        return batch, {"cache": cache}
 
     def _completion(self, ids, chosen, top, row: int, sampling: Sampling) -> Completion:
         """One row of a decoded batch; `chosen` [B, T] and `top` ([B, T, k] values, indices) are the batch's scores."""

@@ -68,3 +68,34 @@ def test_sampling_settings_are_checked_and_stop_strings_may_be_a_list():
     for bad in ({"max_new_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"n": 0}):
         with pytest.raises(BadInput):
             Sampling(**bad)
+
+
+def test_samples_of_one_prompt_share_its_prefill_and_draw_what_separate_prefills_draw(checkpoint, monkeypatch):
+    """A request's n samples prefill the prompt once (the cache holds one row per distinct prompt, copied to each
+    sample): the same tokens and log-probabilities as prefilling every sample's copy."""
+    engine = LocalEngine(str(checkpoint), device="cpu", batch_size=16)
+    requests = [Request(prompt=p, sampling=Sampling(max_new_tokens=10, temperature=1.0, seed=3, n=4, logprobs=True))
+                for p in PROMPTS[:3]]
+    prefilled = []
+    original = engine.model.forward
+
+    def counting(*args, **kwargs):
+        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] > 1:
+            prefilled.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", counting)
+    shared = engine.generate(requests)
+    assert prefilled == [3]  # one prefill, of the three distinct prompts (not twelve rows)
+
+    def plain(prompts):
+        encoded = engine.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return dict(encoded), {}
+
+    monkeypatch.setattr(engine, "_prefill", plain)
+    separate = engine.generate(requests)
+    assert [[c.token_ids for c in r] for r in shared] == [[c.token_ids for c in r] for r in separate]
+    assert len({tuple(c.token_ids) for c in shared[0]}) > 1  # the samples differ from each other
+    for r, s in zip(shared, separate):
+        for a, b in zip(r, s):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
