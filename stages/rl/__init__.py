@@ -22,8 +22,8 @@ Where this departs from the papers:
 - The group std is the unbiased one plus 1e-6 (TRL and verl do the same; the GRPO paper does not say).
 - The old policy's log-probabilities are recomputed by the trainer's forward after generation, not taken from
   the sampler, so the first update's ratio is exactly 1 (the sampler's numbers can differ slightly).
-- Transformers' `generate` prefills each of the G samples of a prompt separately (it repeats the prompt
-  before prefill): the KV cache is not shared across a group. vLLM shares it; the in-process sampler does not.
+- A prompt is prefilled once for its G samples (model/generation.py copies its KV cache to their rows); the
+  samples then decode as separate rows, without vLLM's paged sharing of the prompt's cache blocks.
 - Rollouts sample in-process by default, and under torchrun every rank generates the whole step's rollouts.
   With --rollout-server an external vLLM server samples (server.py: weights pushed through vLLM's shared-disk
   weight-transfer routes before each rollout step, truncated importance sampling for the sampler's drift); the
