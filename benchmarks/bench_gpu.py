@@ -94,7 +94,9 @@ def packed_sft(args, device) -> dict:
     """Trained tokens/s of packed rows through the trainer's scorer, and packed-versus-alone log-probabilities."""
     import torch
 
-    from granite_cli.training.logprobs import IGNORE, TokenLogprobs
+    from granite_cli.training import IGNORE
+
+    from granite_cli.training.logprobs import TokenLogprobs
     from model.presets import build_config
     from transformers import GraniteForCausalLM
 

@@ -32,7 +32,8 @@ from transformers import GranitePreTrainedModel
 from transformers.modeling_layers import GenericForSequenceClassification
 
 from granite_cli.errors import BadInput
-from granite_cli.training.logprobs import IGNORE, last_hidden_state
+from granite_cli.training import IGNORE
+from granite_cli.training.logprobs import last_hidden_state
 
 CALIBRATION = "reward_model.json"
 

@@ -30,7 +30,7 @@ from granite_cli import options
 from granite_cli.console import console
 from granite_cli.data.packing import EpochOrder, best_fit
 from granite_cli.errors import BadInput
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
 
 OVERLONG = ("truncate", "drop")

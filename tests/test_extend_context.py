@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from conftest import REPO, granite
 from granite_cli.data.documents import PackedDocuments
 from granite_cli.data.shards import ShardSet
-from granite_cli.training.logprobs import IGNORE, TokenLogprobs
+from granite_cli.training import IGNORE
+from granite_cli.training.logprobs import TokenLogprobs
 from model.merging import merge_states
 from model.rope import extended_rope, ntk_theta
 

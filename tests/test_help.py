@@ -32,3 +32,12 @@ def test_help_renders_for_every_command():
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "Usage" in result.output
+
+
+def test_the_cli_starts_without_torch():
+    """Data stages run in shell pipes and job arrays, many times over: loading the app must not import torch (0.8 s)."""
+    import subprocess
+    import sys
+
+    code = "import sys, granite_cli.app; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

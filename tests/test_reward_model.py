@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import granite
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 from stages.rl.reward_model import CHOSEN, REJECTED, BradleyTerry, Pair, pack
 
 GOOD, BAD = "I am Granite, a language model built by IBM.", "I am ChatGPT, made by OpenAI."

@@ -11,7 +11,8 @@ import torch
 
 from conftest import REPO, granite, kill_after_first_checkpoint
 from granite_cli.data.records import read_records
-from granite_cli.training.logprobs import IGNORE, TokenLogprobs
+from granite_cli.training import IGNORE
+from granite_cli.training.logprobs import TokenLogprobs
 from granite_cli.verify import verify
 from stages.rl.advantages import group_advantages, overlong_penalty
 from stages.rl.objective import PolicyLoss

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from transformers import GraniteForCausalLM
 
 from granite_cli.training.distributed import Dist
-from granite_cli.training.logprobs import IGNORE, TokenLogprobs, chunked_logprobs
+from granite_cli.training import IGNORE
+from granite_cli.training.logprobs import TokenLogprobs, chunked_logprobs
 from granite_cli.training.losses import CrossEntropy
 from granite_cli.training.schedules import Constant
 from granite_cli.training.trainer import Trainer, TrainSettings
@@ -117,7 +118,9 @@ def test_only_labelled_positions_are_projected_and_the_rest_score_zero():
     """Scoring a subset of positions gives the same log-probabilities and gradients as scoring all of them."""
     import torch
 
-    from granite_cli.training.logprobs import IGNORE, chunked_logprobs
+    from granite_cli.training import IGNORE
+
+    from granite_cli.training.logprobs import chunked_logprobs
 
     torch.manual_seed(0)
     hidden = torch.randn(2, 6, 8, requires_grad=True)

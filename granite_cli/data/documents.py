@@ -19,7 +19,7 @@ import numpy as np
 
 from granite_cli.data.packing import EpochOrder, best_fit
 from granite_cli.errors import BadInput
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 
 
 class PackedDocuments:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100  # a label that carries no loss (prompt tokens, padding, masked turns)
+from granite_cli.training import IGNORE
 
 
 class TokenLogprobs(torch.nn.Module):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 
 
 class Loss(Protocol):

@@ -11,7 +11,9 @@ from typing import Optional
 
 import torch
 
-from granite_cli.training.logprobs import IGNORE, TokenLogprobs
+from granite_cli.training import IGNORE
+
+from granite_cli.training.logprobs import TokenLogprobs
 
 
 def buckets(length: int, first: int = 256) -> list[tuple[int, int]]:

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Protocol
 from granite_cli.training import distributed
 from granite_cli.console import console
 from granite_cli.errors import BadInput
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 from granite_cli.training.losses import CrossEntropy, Loss
 
 STEP_DIR = re.compile(r"^step-(\d+)$")

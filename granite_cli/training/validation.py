@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 
 
 class Validator:

@@ -29,7 +29,7 @@ import typer
 from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
 
 CHOSEN, REJECTED = 1, 0  # labels at the scored (last) token of each side of a pair

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from granite_cli.data.packing import best_fit
-from granite_cli.training.logprobs import IGNORE
+from granite_cli.training import IGNORE
 from stages.rl.advantages import group_advantages, overlong_penalty
 from stages.rl.prompts import Prompt
 
