@@ -20,6 +20,8 @@
 
 Where this departs from the papers:
 - The group std is the unbiased one plus 1e-6 (TRL and verl do the same; the GRPO paper does not say).
+- The loss scores completions with the model's raw log-probabilities, while rollouts sample at --temperature
+  (TRL and verl divide the logits by the temperature in the loss); at 1.0 the two agree.
 - The old policy's log-probabilities are recomputed by the trainer's forward after generation, not taken from
   the sampler, so the first update's ratio is exactly 1 (the sampler's numbers can differ slightly).
 - A prompt is prefilled once for its G samples (model/generation.py copies its KV cache to their rows); the
