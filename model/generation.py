@@ -202,9 +202,11 @@ class LocalEngine:
 
         distinct = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
         encoded = self.tokenizer(list(distinct), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        if len(distinct) == len(prompts):
+            return dict(encoded), {}
         rows = torch.tensor([distinct[prompt] for prompt in prompts], device=self.device)
         batch = {name: value[rows] for name, value in encoded.items()}
-        if len(distinct) == len(prompts) or encoded["input_ids"].shape[1] < 2:
+        if encoded["input_ids"].shape[1] < 2:  # a one-token prompt leaves nothing to prefill before generate's step
             return batch, {}
         mask = encoded["attention_mask"]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: as generate numbers positions

@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from conftest import granite
 from fake_vllm import FakeVLLM
-from model.generation import Sampling
 from stages.rl.objective import PolicyLoss
 from stages.rl.server import RolloutServer
 from test_rl import FAST, metrics, write_prompts
@@ -43,10 +42,9 @@ def test_a_completion_keeps_its_token_ids_and_the_end_tokens_log_probability():
     server = RolloutServer("http://127.0.0.1:1/v1", "/tmp/w", Tokenizer(), "m")
     assert server.url == "http://127.0.0.1:1"
     ended = server.completion({"finish_reason": "stop", "logprobs": {"tokens": ["token_id:5", "token_id:7", "token_id:0"],
-                                                                      "token_logprobs": [-0.5, -1.5, -0.1]}}, Sampling())
+                                                                      "token_logprobs": [-0.5, -1.5, -0.1]}})
     assert (ended.token_ids, ended.logprobs, ended.text, ended.finish_reason) == ([5, 7], [-0.5, -1.5, -0.1], "5 7", "stop")
-    cut = server.completion({"finish_reason": "length", "logprobs": {"tokens": ["token_id:5"], "token_logprobs": [-0.5]}},
-                            Sampling())
+    cut = server.completion({"finish_reason": "length", "logprobs": {"tokens": ["token_id:5"], "token_logprobs": [-0.5]}})
     assert (cut.token_ids, cut.finish_reason) == ([5], "length")
 
 

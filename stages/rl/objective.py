@@ -70,13 +70,13 @@ class PolicyLoss:
         metrics = {}
         if "rollout_logprobs" in micro:
             sampler = micro["rollout_logprobs"]
-            known = ~torch.isnan(sampler)
-            tis = torch.where(known, torch.exp(old.detach() - sampler.nan_to_num()).clamp(max=self.tis_cap), 1.0)
+            gap = old.detach() - sampler  # log(pi_trainer / pi_server); NaN where the server gave none
+            tis = torch.where(torch.isnan(gap), 1.0, torch.exp(gap.nan_to_num()).clamp(max=self.tis_cap))
             per_token = per_token * tis
             with torch.no_grad():
                 metrics["tis_weight"] = (tis * mask).sum()
                 metrics["tis_capped"] = ((tis >= self.tis_cap).float() * mask).sum()
-                metrics["sampler_gap"] = ((old.detach() - sampler).abs().nan_to_num() * mask).sum()
+                metrics["sampler_gap"] = (gap.abs().nan_to_num() * mask).sum()
         metrics["pg_loss"] = (per_token * mask).sum()
         if self.beta:
             delta = micro["ref_logprobs"] - logprobs

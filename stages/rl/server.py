@@ -31,6 +31,7 @@ across batch compositions (in-process rollouts are reproducible, and tested so).
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,7 +50,6 @@ class RolloutServer:
         self.url, self.weight_dir, self.tokenizer = url.rstrip("/").removesuffix("/v1"), Path(weight_dir).resolve(), tokenizer
         self.model_name, self.concurrency, self.timeout, self.retries = model_name, concurrency, timeout, retries
         self.pushed_version = None  # the trainer step whose weights the server holds (None: not known)
-        self.pushes = 0
 
     # ------------------------------------------------------------------ weights
     def connect(self) -> "RolloutServer":
@@ -60,8 +60,6 @@ class RolloutServer:
 
     def sync(self, trainer, tokenizer_dir: Path) -> float:
         """Push the policy's weights unless the server already has this step's; returns the seconds it took."""
-        import time
-
         from model.checkpoint import save_checkpoint
 
         if self.pushed_version == trainer.step:
@@ -71,7 +69,7 @@ class RolloutServer:
         self.post("start_weight_update", {})
         self.post("update_weights", {"update_info": {"path": str(self.weight_dir)}})
         self.post("finish_weight_update", {"weight_version": f"step-{trainer.step}"})  # vLLM's /weight_info names it
-        self.pushed_version, self.pushes = trainer.step, self.pushes + 1
+        self.pushed_version = trainer.step
         return time.perf_counter() - started
 
     def post(self, route: str, body: dict) -> dict:
@@ -94,15 +92,15 @@ class RolloutServer:
                 "return_tokens_as_token_ids": True, "skip_special_tokens": False}
         answer = post_json(f"{self.url}/v1/completions", body, {}, self.timeout, self.retries)
         try:
-            return [self.completion(choice, s) for choice in sorted(answer["choices"], key=lambda c: c.get("index", 0))]
+            return [self.completion(choice) for choice in sorted(answer["choices"], key=lambda c: c.get("index", 0))]
         except (KeyError, TypeError, ValueError) as err:
             raise GraniteError(f"{self.url}/v1/completions: an answer without token ids and log-probabilities "
                                f"({type(err).__name__}: {err}; {str(answer)[:200]}); a vLLM server gives them") from err
 
-    def completion(self, choice: dict, s: Sampling) -> Completion:
+    def completion(self, choice: dict) -> Completion:
         logprobs = choice["logprobs"]
         ids = [int(token.removeprefix(TOKEN_ID_PREFIX)) for token in logprobs["tokens"]]
-        values = [-math.inf if v is None else float(v) for v in logprobs["token_logprobs"]]
+        values = [math.nan if v is None else float(v) for v in logprobs["token_logprobs"]]  # NaN: importance weight 1
         if len(ids) != len(values):
             raise ValueError(f"{len(ids)} tokens but {len(values)} log-probabilities")
         eos = self.tokenizer.eos_token_id
