@@ -89,3 +89,11 @@ def test_a_server_without_the_weight_routes_stops_the_run_with_the_way_to_start_
                          "--run-dir", tmp_path / "run", "--steps", "1", *FAST, "--rollout-server", plain.url)
     assert result.returncode != 0 and b"VLLM_SERVER_DEV_MODE=1" in result.stderr
     assert not (tmp_path / "rl").exists()
+
+
+@pytest.mark.parametrize("flag", [["--rollout-server", "ftp://host"], ["--tis-cap", "0.5"]])
+def test_a_bad_server_flag_stops_before_the_run_takes_its_directory(checkpoint, tmp_path, flag):
+    result = granite("rl", write_prompts(tmp_path / "p.jsonl"), "--init-from", checkpoint, "-o", tmp_path / "rl",
+                     "--run-dir", tmp_path / "run", *FAST, *flag)
+    assert result.returncode == 2 and result.stderr.count(b"\n") == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]

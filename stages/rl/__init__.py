@@ -177,6 +177,10 @@ def rl_command(
         raise BadInput("rl samples with the unsharded policy: run it with --parallel ddp")
     if tis_cap < 1:
         raise BadInput("--tis-cap must be at least 1")
+    if rollout_server:
+        from stages.rl.server import check_url
+
+        check_url(rollout_server)  # before the run takes its work directory
     kl = beta if beta is not None else entry.beta
     group = samples_per_prompt or table.samples_per_prompt
     per_step = prompts_per_step or table.prompts_per_step

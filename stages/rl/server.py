@@ -42,12 +42,17 @@ from model.generation import Completion, Sampling
 TOKEN_ID_PREFIX = "token_id:"
 
 
+def check_url(url: str) -> str:
+    """The server's root URL (a trailing /v1 dropped), or exit 2."""
+    if not url.startswith(("http://", "https://")):
+        raise BadInput(f"--rollout-server is the server's http(s) root, such as http://127.0.0.1:8000, not {url!r}")
+    return url.rstrip("/").removesuffix("/v1")
+
+
 class RolloutServer:
     def __init__(self, url: str, weight_dir: Path, tokenizer, model_name: str, concurrency: int = 16,
                  timeout: float = 600.0, retries: int = 3):
-        if not url.startswith(("http://", "https://")):
-            raise BadInput(f"--rollout-server is the server's http(s) root, such as http://127.0.0.1:8000, not {url!r}")
-        self.url, self.weight_dir, self.tokenizer = url.rstrip("/").removesuffix("/v1"), Path(weight_dir).resolve(), tokenizer
+        self.url, self.weight_dir, self.tokenizer = check_url(url), Path(weight_dir).resolve(), tokenizer
         self.model_name, self.concurrency, self.timeout, self.retries = model_name, concurrency, timeout, retries
         self.pushed_version = None  # the trainer step whose weights the server holds (None: not known)
 
