@@ -1,8 +1,8 @@
 """A loopback stand-in for `vllm serve` with the shared-disk weight transfer, for tests of rl's rollout server.
 
 /v1/completions samples from a real model, given the prompt as token ids, and answers as vLLM does with
-`return_tokens_as_token_ids`: tokens as "token_id:N", each with the raw model log-probability (vLLM's default
-logprobs mode: before temperature), the end-of-text token included when the model ended. The four weight routes
+`return_tokens_as_token_ids`: tokens as "token_id:N", each with its log-probability at the request's temperature
+(vLLM's --logprobs-mode processed_logprobs, which granite's instructions start it with), the end-of-text token included when the model ended. The four weight routes
 must come in vLLM's order (init once; then start, update, finish per push); update_weights loads the checkpoint
 at the given path into the served model and keeps a copy of what it loaded.
 """
@@ -81,9 +81,10 @@ class FakeVLLM:
         with torch.no_grad():
             for _ in range(body["max_tokens"]):
                 logits = self.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].float()
-                token = int(torch.multinomial(torch.softmax(logits / body["temperature"], -1), 1, generator=generator))
+                processed = torch.log_softmax(logits / body["temperature"], -1)
+                token = int(torch.multinomial(processed.exp(), 1, generator=generator))
                 tokens.append(f"token_id:{token}")
-                logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+                logprobs.append(float(processed[token]))
                 ids.append(token)
                 if token == self.eos:
                     break

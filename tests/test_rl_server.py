@@ -91,8 +91,8 @@ def test_a_server_without_the_weight_routes_stops_the_run_with_the_way_to_start_
     assert not (tmp_path / "rl").exists()
 
 
-@pytest.mark.parametrize("flag", [["--rollout-server", "ftp://host"], ["--tis-cap", "0.5"]])
-def test_a_bad_server_flag_stops_before_the_run_takes_its_directory(checkpoint, tmp_path, flag):
+@pytest.mark.parametrize("flag", [["--rollout-server", "ftp://host"], ["--tis-cap", "0.5"], ["--temperature", "0"]])
+def test_a_bad_rollout_flag_stops_before_the_run_takes_its_directory(checkpoint, tmp_path, flag):
     result = granite("rl", write_prompts(tmp_path / "p.jsonl"), "--init-from", checkpoint, "-o", tmp_path / "rl",
                      "--run-dir", tmp_path / "run", *FAST, *flag)
     assert result.returncode == 2 and result.stderr.count(b"\n") == 1, result.stderr

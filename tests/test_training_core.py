@@ -50,12 +50,15 @@ def test_chunked_logprobs_equal_the_plain_cross_entropy_in_value_and_gradient(ch
     assert (logprobs[labels == IGNORE] == 0).all()
 
 
-def test_token_logprobs_match_the_models_own_logits_and_entropy():
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_token_logprobs_match_the_models_own_logits_and_entropy(temperature):
+    # at temperature T they are those of softmax(logits / T), the distribution rl's rollouts were sampled from
     model = tiny_model()
     batch = batch_of()
-    logprobs, entropy = TokenLogprobs(model, chunk_tokens=7)(batch["input_ids"], batch["labels"], entropy=True)
+    logprobs, entropy = TokenLogprobs(model, chunk_tokens=7, temperature=temperature)(batch["input_ids"], batch["labels"],
+                                                                                       entropy=True)
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"]).logits.float()  # logits_scaling already applied by transformers
+        logits = model(input_ids=batch["input_ids"]).logits.float() / temperature  # logits_scaling applied by transformers
     reference = torch.log_softmax(logits, -1).gather(-1, batch["labels"].clamp(min=0)[..., None]).squeeze(-1)
     reference_entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
     keep = batch["labels"] != IGNORE

@@ -10,6 +10,10 @@ in both directions.
 
 The wrapper is what DDP/FSDP wrap: the projection runs inside the wrapped forward, so the tied
 embedding/LM-head weight is gathered and synchronised exactly as in the model's own forward.
+
+With `temperature` T the log-probabilities (and entropies) are those of softmax(logits / T), the distribution a
+sampler at temperature T draws from: rl's policy loss scores its rollouts under the policy that sampled them, as
+TRL and verl do.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ class TokenLogprobs(torch.nn.Module):
     Positions whose label is IGNORE get log-probability 0 and entropy 0.
     `chunk_tokens` positions (over the whole micro-batch) are projected onto the vocabulary at a time; by default
     as many as keep a chunk's fp32 logits near 256 MB (8,192 for an 8K vocabulary, 668 for Granite's 100,352).
+    `temperature` divides the logits (1: the model's own distribution).
     """
 
-    def __init__(self, lm, chunk_tokens: int | None = None):
+    def __init__(self, lm, chunk_tokens: int | None = None, temperature: float = 1.0):
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"the log-probabilities' temperature must be positive, not {temperature}")
         self.lm = lm
         self.chunk_tokens = chunk_tokens or default_chunk_tokens(lm.config.vocab_size)
+        self.temperature = temperature
 
     @property
     def config(self):
@@ -43,8 +51,8 @@ class TokenLogprobs(torch.nn.Module):
         return chunked_logprobs(hidden, self.lm.lm_head.weight, labels, self.scale(), self.chunk_tokens, entropy)
 
     def scale(self) -> float:
-        """Granite divides its logits by `logits_scaling` (1 for models without it)."""
-        return 1.0 / float(getattr(self.lm.config, "logits_scaling", 1.0) or 1.0)
+        """Granite divides its logits by `logits_scaling` (1 for models without it); a temperature divides them again."""
+        return 1.0 / (float(getattr(self.lm.config, "logits_scaling", 1.0) or 1.0) * self.temperature)
 
 
 def last_hidden_state(lm, input_ids, position_ids=None):

@@ -9,7 +9,8 @@
    share held out; chat prompts (verifier `reward_model`) scored by the reward model (rewards.py) when there is
    one, else left out, counted; stage 2 (rlhf) needs one.
 3. model: the starting checkpoint (stage 1: sft; stage N: rl-stage-(N-1)) is the policy, and a frozen copy is
-   the KL reference (none with --beta 0).
+   the KL reference (none with --beta 0). Both are scored at the rollouts' temperature (log-probabilities of
+   softmax(logits / T), the distribution the samples came from, as TRL and verl do; top-p is not undone).
 4. train: the shared loop (granite_cli/training/) with rollouts (rollouts.py) as its batch source and the
    policy loss (objective.py); `--updates-per-batch` optimizer steps per rollout batch; exact resume.
 5. evaluate (heldout.py, regression.py): the held-out prompts of every stage's data answered before and after
@@ -20,8 +21,6 @@
 
 Where this departs from the papers:
 - The group std is the unbiased one plus 1e-6 (TRL and verl do the same; the GRPO paper does not say).
-- The loss scores completions with the model's raw log-probabilities, while rollouts sample at --temperature
-  (TRL and verl divide the logits by the temperature in the loss); at 1.0 the two agree.
 - The old policy's log-probabilities are recomputed by the trainer's forward after generation, not taken from
   the sampler, so the first update's ratio is exactly 1 (the sampler's numbers can differ slightly).
 - A prompt is prefilled once for its G samples (model/generation.py copies its KV cache to their rows); the
@@ -38,6 +37,7 @@ Where this departs from the papers:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -88,7 +88,7 @@ def rl_command(
                                               "are left out, counted. Recipe default (IBM: 8192)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Completion length cap. Recipe default "
                                                  "(0: max context minus the longest prompt)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature. Recipe default (1.0)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (above 0); the loss scores the samples at it too. Default: the recipe's [rl] temperature (granite-4.1 1.0, tiny 0.8)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Rollout nucleus sampling. Recipe default (1.0)."),
     epsilon_low: Optional[float] = typer.Option(None, "--epsilon-low", help="Lower clip of the ratio. Recipe default (DAPO: 0.2)."),
     epsilon_high: Optional[float] = typer.Option(None, "--epsilon-high", help="Upper clip of the ratio, decoupled. Recipe "
@@ -130,7 +130,7 @@ def rl_command(
                                            "is 0, counted."),
     rollout_server: Optional[str] = typer.Option(None, "--rollout-server", help="Sample rollouts from this vLLM server "
                                                  "(its root URL, e.g. http://127.0.0.1:8000, started with VLLM_SERVER_DEV_MODE=1 "
-                                                 "and --weight-transfer-config '{\"backend\": \"disk\"}'), pushing the policy's "
+                                                 "--weight-transfer-config '{\"backend\": \"disk\"}' and --logprobs-mode processed_logprobs), pushing the policy's "
                                                  "weights to it before each rollout step. Default: sample in-process."),
     rollout_model: Optional[str] = typer.Option(None, "--rollout-model", help="The model name the rollout server serves. "
                                                 "Default: the starting checkpoint's path (vLLM names a model by the path "
@@ -149,6 +149,7 @@ def rl_command(
     from granite_cli.data.records import ErrorPolicy
     from granite_cli.recipe import load_recipe
     from granite_cli.rundir import resolve_init
+    from granite_cli.training.logprobs import TokenLogprobs
     from granite_cli.training.schedules import build_schedule
     from model.reward_model import RewardScorer
     from stages.rl import heldout, regression
@@ -177,6 +178,9 @@ def rl_command(
         raise BadInput("rl samples with the unsharded policy: run it with --parallel ddp")
     if tis_cap < 1:
         raise BadInput("--tis-cap must be at least 1")
+    sampled_at = temperature if temperature is not None else table.temperature
+    if not sampled_at > 0:
+        raise BadInput(f"--temperature must be positive (rollouts at 0 would be G copies of one greedy answer), not {sampled_at:g}")
     if rollout_server:
         from stages.rl.server import check_url
 
@@ -230,7 +234,6 @@ def rl_command(
         settings.schedule_unit = "steps"
         settings.log_every = flags.log_every * updates_per_batch  # in rollout steps, like every rl flag
         settings.checkpoint_every = flags.checkpoint_every * updates_per_batch  # a checkpoint never splits a rollout batch
-        sampled_at = temperature if temperature is not None else table.temperature
         eval_temperature = heldout_temperature if heldout_temperature is not None else sampled_at
         evaluation = Sampling(max_new_tokens=new_tokens, temperature=eval_temperature, top_p=1.0, seed=flags.seed,
                               n=heldout_samples if eval_temperature > 0 else 1)
@@ -246,7 +249,8 @@ def rl_command(
         objective = PolicyLoss(normalisation, epsilon_low if epsilon_low is not None else table.epsilon_low,
                                epsilon_high if epsilon_high is not None else table.epsilon_high, kl, entropy_coef, new_tokens,
                                tis_cap)
-        trainer = run.trainer(model, settings, rollouts, tokenizer_dir, lineage, loss=objective, reference=reference)
+        trainer = run.trainer(model, settings, rollouts, tokenizer_dir, lineage, loss=objective, reference=reference,
+                              scorer=functools.partial(TokenLogprobs, temperature=sampled_at))
         rollouts.attach(trainer, engine, server, tokenizer_dir)
         console.print(f"rl stage {stage} ({entry.name}) from {parent}: {n_steps} steps x {per_step} prompts x {group} samples, "
                       f"up to {new_tokens} new tokens, loss {normalisation}, lr {peak_lr:g}, beta {kl:g}; prompts: "

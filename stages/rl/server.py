@@ -1,6 +1,6 @@
 """Rollouts from an external vLLM server, and the weight push that keeps it on the current policy.
 
-    VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --weight-transfer-config '{"backend": "disk"}'
+    VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --weight-transfer-config '{"backend": "disk"}' --logprobs-mode processed_logprobs
     granite rl --stage 1 --init-from CKPT --rollout-server http://HOST:8000 --weight-dir /shared/granite-weights
 
 Sampling: POST /v1/completions with the prompt as token ids (rendered by granite's chat template, so the server
@@ -20,8 +20,11 @@ communicator on the trainer's GPU and are not built here.
 The server's sampler and the trainer's forward compute slightly different probabilities (other kernels, other
 precision), so the samples are a little off-policy: truncated importance sampling (Yao et al., 2025, "Your
 efficient RL framework secretly brings you off-policy RL training") weights each token's policy-gradient term by
-min(pi_trainer(t) / pi_server(t), C) with C = --tis-cap (objective.py). Both sides' log-probabilities are of the
-raw model, before temperature (vLLM's default --logprobs-mode raw_logprobs; the trainer's TokenLogprobs).
+min(pi_trainer(t) / pi_server(t), C) with C = --tis-cap (objective.py). Both sides' log-probabilities must be of the
+distribution sampled from, after the temperature: the trainer scores at the rollouts' temperature, and the server
+needs --logprobs-mode processed_logprobs (vLLM's default, raw_logprobs, is before it; with it, every token's
+weight is off by the temperature's reshaping and `sampler_gap` in the step log shows it). Processed log-probabilities
+also renormalise over the top-p nucleus, which the trainer does not: keep top-p at 1 or read the gap.
 
 A run resumed with --resume asks the server for the same (seed, step) samples; it ends bitwise equal to an
 uninterrupted run only where the server's seeded sampling is itself reproducible, which vLLM does not promise
@@ -82,7 +85,8 @@ class RolloutServer:
             return post_json(f"{self.url}/{route}", body, {}, self.timeout, self.retries)
         except GraniteError as err:
             raise GraniteError(f"the rollout server refused the weight push ({err}); start it with "
-                               f"VLLM_SERVER_DEV_MODE=1 and --weight-transfer-config '{{\"backend\": \"disk\"}}', "
+                               f"VLLM_SERVER_DEV_MODE=1, --weight-transfer-config '{{\"backend\": \"disk\"}}' and --logprobs-mode "
+                               f"processed_logprobs, "
                                f"and give a --weight-dir it can read") from err
 
     # ------------------------------------------------------------------ samples
