@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -36,14 +39,16 @@ def write_pairs(path, n=60):
     return path
 
 
+RM_FLAGS = ["--lr", "1e-3", "--epochs", "3", "--pairs-per-step", "8", "--seq-len", "128", "--heldout-fraction", "0.25",
+            "--peak-tflops", "1", "--micro-batch", "8"]
+
+
 @pytest.fixture(scope="module")
 def reward_model(checkpoint, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rm")
     pairs = write_pairs(tmp / "pairs.jsonl")
     out = tmp / "run" / "checkpoints" / "reward-model"
-    granite("rl", "reward-model", pairs, "--init-from", checkpoint, "--run-dir", tmp / "run", "--lr", "1e-3",
-            "--epochs", "3", "--pairs-per-step", "8", "--seq-len", "128", "--heldout-fraction", "0.25",
-            "--peak-tflops", "1", "--micro-batch", "8", check=True)
+    granite("rl", "reward-model", pairs, "--init-from", checkpoint, "--run-dir", tmp / "run", *RM_FLAGS, check=True)
     return out
 
 
@@ -54,6 +59,24 @@ def test_reward_model_learns_the_pairs_and_reports_held_out_accuracy(reward_mode
     assert accuracy["n"] > 5 and accuracy["accuracy"] == 1.0, accuracy
     assert accuracy["ci_low"] <= accuracy["accuracy"] <= accuracy["ci_high"]
     assert json.loads((reward_model / "reward_model.json").read_text())["offset"] == entry["metrics"]["offset"]
+
+
+def test_two_processes_under_fsdp_train_the_reward_model_one_process_trains(reward_model, checkpoint, tmp_path):
+    # the cluster recipe trains the reward model with torchrun and FSDP2 (examples/slurm/reward-model.sbatch)
+    from safetensors.torch import load_file
+
+    out = tmp_path / "rm-fsdp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29511",
+                             "-m", "granite_cli", "rl", "reward-model", str(write_pairs(tmp_path / "pairs.jsonl")),
+                             "--init-from", str(checkpoint), "--run-dir", str(tmp_path / "run"), "-o", str(out),
+                             "--parallel", "fsdp", *RM_FLAGS], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    one, two = load_file(str(reward_model / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=2e-5, rtol=1e-4), name
+    accuracy = lambda path: json.loads((path / "lineage.json").read_text())[-1]["metrics"]["heldout_accuracy"]["accuracy"]
+    assert accuracy(out) == accuracy(reward_model)
 
 
 def test_plain_transformers_reads_the_reward_model_with_the_same_scores(reward_model):
