@@ -297,7 +297,8 @@ class RLSection:
     top_p: float = spec(1.0, _number, "rollout nucleus sampling (unpublished)")
     heldout_fraction: float = spec(0.1, _number, "share of the prompts (by a hash of the prompt) held out to evaluate every stage")
     heldout_per_domain: int = spec(0, _integer, "held-out prompts per domain at most in each stage's evaluation (0: all)")
-    regression_tolerance: float = spec(0.05, _number, "how far a domain's held-out reward may fall below its best earlier stage")
+    regression_tolerance: float = spec(0.05, _number, "how far a domain's held-out reward may fall below its best "
+                                       "earlier stage (beyond noise) before the stage reports a regression")
     weight_decay: float = spec(0.0, _number, "AdamW weight decay (unpublished; TRL's default)")
     betas: tuple = spec((0.9, 0.999), _pair, "AdamW betas (unpublished; torch's default)")
     grad_clip: float = spec(1.0, _number, "gradient-norm clip (unpublished)")

@@ -145,15 +145,27 @@ def test_chat_prompts_are_scored_by_the_reward_model(reward_model, checkpoint, t
     assert chat and all(0 < r < 1 for r in chat)  # sigmoid(score - offset): never exactly a verifier's 0 or 1
 
 
-def test_a_domain_falling_past_tolerance_is_a_regression():
+def test_a_domain_falling_past_tolerance_is_a_regression_when_the_fall_is_beyond_noise():
     from stages.rl.regression import regressions
 
+    # columns with means only (a lineage from before per-prompt rewards were kept): the mean decides
     table = [{"name": "sft", "domains": {"math": {"n": 10, "mean": 0.50}, "chat": {"n": 10, "mean": 0.20}}},
              {"name": "rl-stage-1", "domains": {"math": {"n": 10, "mean": 0.60}, "chat": {"n": 10, "mean": 0.25}}},
              {"name": "rl-stage-2", "domains": {"math": {"n": 10, "mean": 0.52}, "chat": {"n": 10, "mean": 0.60}}}]
     found = regressions(table, tolerance=0.05)
-    assert [(f["domain"], f["best_at"], round(f["fall"], 3)) for f in found] == [("math", "rl-stage-1", 0.08)]
+    assert [(f["domain"], f["best_at"], round(f["fall"], 3), f["beyond_noise"]) for f in found] == [("math", "rl-stage-1", 0.08, True)]
     assert regressions(table, tolerance=0.1) == []
+
+    def column(name, rewards):
+        return {"name": name, "domains": {"d": {"n": len(rewards), "mean": sum(rewards) / len(rewards), "rewards": rewards}}}
+
+    # every prompt lost 0.1 (against the best column, not the last): a regression, its interval below zero
+    [fall] = regressions([column("a", [0.5] * 8), column("b", [0.4] * 8), column("c", [0.4] * 8)], tolerance=0.05)
+    assert fall["best_at"] == "a" and fall["beyond_noise"] and fall["ci_high"] < 0
+    # one prompt of eight lost its 1: the mean falls 0.125, past the tolerance, but leaving that prompt out of a
+    # resample (a third of them) leaves no fall: noise, reported as such
+    [fall] = regressions([column("a", [1.0] + [0.0] * 7), column("b", [0.0] * 8)], tolerance=0.05)
+    assert fall["fall"] == 0.125 and not fall["beyond_noise"] and fall["ci_high"] == 0
 
 
 def test_eval_table_puts_documents_of_one_stage_together_and_rl_rewards_by_domain():

@@ -17,7 +17,8 @@
    (K samples a prompt at the rollouts' temperature), per domain, with a paired bootstrap interval; the regression
    table (domains x the starting model and each stage) is printed and goes to the lineage, heldout.jsonl into the
    checkpoint and the per-domain rewards to <run-dir>/eval/ for `granite eval table`. A domain that fell more than
-   --regression-tolerance below its best earlier stage is a warning, or exit 1 with --fail-on-regression.
+   --regression-tolerance below its best earlier stage, by more than noise (its paired interval below zero), is a
+   warning, or exit 1 with --fail-on-regression.
 
 Where this departs from the papers:
 - The group std is the unbiased one plus 1e-6 (TRL and verl do the same; the GRPO paper does not say).
@@ -117,7 +118,8 @@ def rl_command(
                                                      "in the evaluation (0: all). Recipe default."),
     regression_tolerance: Optional[float] = typer.Option(None, "--regression-tolerance", help="How far a domain's held-out "
                                                          "reward may fall below its best earlier stage before the stage "
-                                                         "reports a regression. Recipe default."),
+                                                         "reports a regression (a fall past it whose 95% paired interval "
+                                                         "reaches zero is reported as noise). Recipe default."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 (after writing the checkpoint) when "
                                             "a domain regressed, so a pipeline stops before the next stage builds on it; "
                                             "without it, a warning."),
@@ -273,9 +275,9 @@ def rl_command(
         if heldout_prompts:
             after = evaluate()
             comparison = heldout.compare(before, after, flags.seed)
-            columns = regression.columns(parent, suite, comparison, parent.name, out.name)
+            columns = regression.columns(parent, suite, comparison, before, after, parent.name, out.name)
             tolerance = regression_tolerance if regression_tolerance is not None else table.regression_tolerance
-            fallen = regression.regressions(columns, tolerance)
+            fallen = regression.regressions(columns, tolerance, flags.seed)
             console.print(regression.show(columns, f"held-out reward by domain after rl stage {stage} ({entry.name}): mean "
                                                    f"of {evaluation.n} answer(s) a prompt at temperature {eval_temperature:g}; "
                                                    f"change from the column before, 95% paired bootstrap interval"))
@@ -290,9 +292,11 @@ def rl_command(
             "rollout_server": rollout_server, "tis_cap": tis_cap if rollout_server else None,
             "prompts": dict(counts), "command": sys.argv,
         }, [input_record(Path(p)) for p in paths], results=results, files=files)
-    if fallen:
-        message = "; ".join(f"{f['domain']} fell to {f['now']:.3f} from {f['best']:.3f} ({f['best_at']}), more than the "
-                            f"tolerance {results['regression']['tolerance']:g}" for f in fallen)
+    noise = [regression.describe(f, tolerance) for f in fallen if not f["beyond_noise"]]
+    if noise:
+        console.print(f"rl stage {stage}: within noise, not a regression: {'; '.join(noise)}")
+    if any(f["beyond_noise"] for f in fallen):
+        message = "; ".join(regression.describe(f, tolerance) for f in fallen if f["beyond_noise"])
         if fail_on_regression:
             raise GraniteError(f"rl stage {stage} regressed: {message}. The checkpoint is in {out}; the next stage should "
                                f"not build on it as it is")

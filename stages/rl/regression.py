@@ -8,7 +8,11 @@ with a paired bootstrap interval. A stage carries its parent's columns forward (
 the parent was evaluated on the same suite, and reuses the parent's answers as its own "before" when they were
 sampled the same way, since regenerating them would give the same answers.
 
-A domain regresses when it falls more than `tolerance` below its best earlier column.
+A domain regresses when its mean falls more than `tolerance` below its best earlier column and the fall is beyond
+noise: the 95% paired bootstrap interval of the change from that column (prompt by prompt: each column keeps its
+per-prompt rewards) lies below zero. With 8-32 prompts a domain, a fall of 0.05 in the mean is often chance; a gate
+that stopped pipelines on chance would be turned off. A column carried from a lineage written before per-prompt
+rewards were kept has no interval, and there the mean alone decides.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from granite_cli.stats import paired_bootstrap
 from stages.rl.prompts import Prompt, content_key
 
 
@@ -59,32 +64,61 @@ def parent_answers(parent: Path, prompts: list[Prompt], sampling: dict) -> Optio
     return [{"id": r["id"], "domain": r["domain"], "reward": r["reward_after"], "responses": r["responses_after"]} for r in rows]
 
 
-def columns(parent: Path, key: str, comparison: dict, start_name: str, name: str) -> list[dict]:
-    """The table's columns: the parent's (when made on this suite) or the starting model alone, then this stage's."""
+def rewards_by_domain(answers: list[dict]) -> dict[str, list[float]]:
+    """Each domain's per-prompt rewards, and "all", in suite order: what a later column is paired against."""
+    found: dict[str, list[float]] = {"all": []}
+    for answer in answers:
+        reward = round(answer["reward"], 4)
+        found["all"].append(reward)
+        found.setdefault(answer["domain"], []).append(reward)
+    return found
+
+
+def columns(parent: Path, key: str, comparison: dict, before: list[dict], after: list[dict], start_name: str,
+            name: str) -> list[dict]:
+    """The table's columns: the parent's (when made on this suite) or the starting model alone, then this stage's;
+    each cell the domain's n, mean reward and per-prompt rewards, and from the second column on its change."""
     from model.checkpoint import read_lineage
 
     lineage = read_lineage(parent)
     carried = lineage[-1].get("metrics", {}).get("regression") if lineage else None
     if not carried or carried.get("suite") != key:
-        carried = {"columns": [{"name": start_name, "domains": {d: {"n": row["n"], "mean": row["before"]}
+        old = rewards_by_domain(before)
+        carried = {"columns": [{"name": start_name, "domains": {d: {"n": row["n"], "mean": row["before"], "rewards": old[d]}
                                                                 for d, row in comparison.items()}}]}
+    new_rewards = rewards_by_domain(after)
     new = {"name": name, "domains": {d: {"n": row["n"], "mean": row["after"], "change": row["change"],
-                                         "ci_low": row["ci_low"], "ci_high": row["ci_high"]} for d, row in comparison.items()}}
+                                         "ci_low": row["ci_low"], "ci_high": row["ci_high"], "rewards": new_rewards[d]}
+                                     for d, row in comparison.items()}}
     return carried["columns"] + [new]
 
 
-def regressions(table: list[dict], tolerance: float) -> list[dict]:
-    """Domains of the last column that fell more than `tolerance` below their best earlier column."""
+def regressions(table: list[dict], tolerance: float, seed: int = 0) -> list[dict]:
+    """Domains of the last column whose mean fell more than `tolerance` below their best earlier column, each with
+    `beyond_noise` (the paired interval of the change lies below zero, or there is no interval) and the interval."""
     found = []
     last, earlier = table[-1], table[:-1]
     for domain, cell in last["domains"].items():
-        before = [(c["domains"][domain]["mean"], c["name"]) for c in earlier if domain in c["domains"]]
+        before = [(c["domains"][domain]["mean"], c["name"], c["domains"][domain]) for c in earlier if domain in c["domains"]]
         if not before:
             continue
-        best, where = max(before)
-        if best - cell["mean"] > tolerance:
-            found.append({"domain": domain, "best": best, "best_at": where, "now": cell["mean"], "fall": best - cell["mean"]})
+        best, where, best_cell = max(before, key=lambda b: b[0])
+        if best - cell["mean"] <= tolerance:
+            continue
+        fall = {"domain": domain, "best": best, "best_at": where, "now": cell["mean"], "fall": best - cell["mean"],
+                "beyond_noise": True}
+        paired = best_cell.get("rewards"), cell.get("rewards")
+        if paired[0] is not None and paired[1] is not None and len(paired[0]) == len(paired[1]):
+            _, low, high = paired_bootstrap(*paired, seed)
+            fall.update(ci_low=low, ci_high=high, beyond_noise=high < 0)
+        found.append(fall)
     return found
+
+
+def describe(fall: dict, tolerance: float) -> str:
+    interval = f", change {-fall['fall']:+.3f} [{fall['ci_low']:+.3f}, {fall['ci_high']:+.3f}]" if "ci_low" in fall else ""
+    return (f"{fall['domain']} fell to {fall['now']:.3f} from {fall['best']:.3f} ({fall['best_at']}), more than the "
+            f"tolerance {tolerance:g}{interval}")
 
 
 def show(table: list[dict], title: str):
@@ -116,6 +150,7 @@ def show(table: list[dict], title: str):
 
 def eval_tasks(column: dict) -> dict:
     """A column as `granite eval`'s results (one task per domain, the mean reward), for `granite eval table`."""
-    return {f"rl_reward:{domain}": {"main_metric": "reward", "value": cell["mean"], "metrics": dict(cell),
+    return {f"rl_reward:{domain}": {"main_metric": "reward", "value": cell["mean"],
+                                    "metrics": {k: v for k, v in cell.items() if k != "rewards"},
                                     "n": cell["n"], "subtasks": {}}
             for domain, cell in column["domains"].items()}
