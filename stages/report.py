@@ -234,7 +234,7 @@ def rl_figure(root: Path, folder: Path, documents: list[dict]):
     ax.plot(range(len(columns)), [c["domains"]["all"]["mean"] for c in columns], color="black", linewidth=2.5, label="all")
     ax.set_xticks(range(len(columns)), [c["name"] for c in columns])
     ax.set_ylabel("held-out mean reward")
-    ax.set_title("RL: held-out reward per domain after each stage (a dip is a regression)")
+    ax.set_title("RL: held-out reward per domain after each stage (a dip shows what a stage cost)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return save(fig, folder / "rl_reward.png"), None
 
