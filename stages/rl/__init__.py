@@ -89,7 +89,9 @@ def rl_command(
                                               "are left out, counted. Recipe default (IBM: 8192)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Completion length cap. Recipe default "
                                                  "(0: max context minus the longest prompt)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (above 0); the loss scores the samples at it too. Default: the recipe's [rl] temperature (granite-4.1 1.0, tiny 0.8)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (above 0); the "
+                                                "loss scores the samples at it too. Default: the recipe's [rl] temperature "
+                                                "(granite-4.1 1.0, tiny 0.8)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Rollout nucleus sampling. Recipe default (1.0)."),
     epsilon_low: Optional[float] = typer.Option(None, "--epsilon-low", help="Lower clip of the ratio. Recipe default (DAPO: 0.2)."),
     epsilon_high: Optional[float] = typer.Option(None, "--epsilon-high", help="Upper clip of the ratio, decoupled. Recipe "
@@ -132,8 +134,9 @@ def rl_command(
                                            "is 0, counted."),
     rollout_server: Optional[str] = typer.Option(None, "--rollout-server", help="Sample rollouts from this vLLM server "
                                                  "(its root URL, e.g. http://127.0.0.1:8000, started with VLLM_SERVER_DEV_MODE=1 "
-                                                 "--weight-transfer-config '{\"backend\": \"disk\"}' and --logprobs-mode processed_logprobs), pushing the policy's "
-                                                 "weights to it before each rollout step. Default: sample in-process."),
+                                                 "--weight-transfer-config '{\"backend\": \"disk\"}' and --logprobs-mode "
+                                                 "processed_logprobs), pushing the policy's weights to it before each rollout "
+                                                 "step. Default: sample in-process."),
     rollout_model: Optional[str] = typer.Option(None, "--rollout-model", help="The model name the rollout server serves. "
                                                 "Default: the starting checkpoint's path (vLLM names a model by the path "
                                                 "it was started with)."),

@@ -116,6 +116,7 @@ def regressions(table: list[dict], tolerance: float, seed: int = 0) -> list[dict
 
 
 def describe(fall: dict, tolerance: float) -> str:
+    """One fall for the stage's message: where the domain is, its best and where, and the interval when paired."""
     interval = f", change {-fall['fall']:+.3f} [{fall['ci_low']:+.3f}, {fall['ci_high']:+.3f}]" if "ci_low" in fall else ""
     return (f"{fall['domain']} fell to {fall['now']:.3f} from {fall['best']:.3f} ({fall['best_at']}), more than the "
             f"tolerance {tolerance:g}{interval}")
