@@ -81,15 +81,25 @@ def evaluation_blocks(root: Path, documents: list[dict]) -> list:
     if rewards:
         domains = list(dict.fromkeys(d for cells in rewards.values() for d in cells))
         blocks += [("h2", "Held-out RL reward by domain"),
-                   ("p", "Mean reward of the held-out prompts of every RL stage's data after each stage (`granite rl` "
-                         "prints each change with its 95% paired bootstrap interval; the lineage keeps them)."),
+                   ("p", "Mean reward of the held-out prompts of every RL stage's data after each stage; after an RL "
+                         "stage, in brackets, the change from the column before and its 95% paired bootstrap interval "
+                         "over the prompts. A tiny model's rewards move by chance: a change whose interval spans zero "
+                         "is not evidence."),
                    ("table", ["domain"] + list(rewards),
-                    [[d] + [f"{rewards[s][d]['value']:.3f}" if d in rewards[s] else "-" for s in rewards] for d in domains])]
+                    [[d] + [reward_cell(rewards[s][d]) if d in rewards[s] else "-" for s in rewards] for d in domains])]
     accuracy = last_entry(root / "checkpoints" / "reward-model").get("metrics", {}).get("heldout_accuracy")
     if accuracy:
         blocks.append(("p", f"Reward model: held-out pairwise accuracy {accuracy['accuracy']:.3f} (95% interval "
                             f"{accuracy['ci_low']:.3f}-{accuracy['ci_high']:.3f}, {accuracy['n']} pairs; chance 0.5)."))
     return blocks
+
+
+def reward_cell(task: dict) -> str:
+    """A domain's mean reward, and after an RL stage its change from the column before with the paired interval."""
+    cell = task.get("metrics", {})
+    if "change" not in cell or cell["ci_low"] == cell["ci_high"] == 0:  # no change, or no prompt's reward moved
+        return f"{task['value']:.3f}"
+    return f"{task['value']:.3f} ({cell['change']:+.3f} [{cell['ci_low']:+.3f}, {cell['ci_high']:+.3f}])"
 
 
 def lineage_blocks(root: Path) -> list:

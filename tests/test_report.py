@@ -38,7 +38,10 @@ def small_run(root):
     for name, stage, created, tasks in (
             ("sft", "sft", "2026-01-03T00:00:00.000+00:00", {"heldout": {"main_metric": "score", "value": 0.09}}),
             ("rl-stage-1-rl-reward", "rl stage 1", "2026-01-04T00:00:00.000+00:00",
-             {"rl_reward:math": {"main_metric": "reward", "value": 0.3}})):
+             {"rl_reward:math": {"main_metric": "reward", "value": 0.3,
+                                 "metrics": {"n": 2, "mean": 0.3, "change": 0.2, "ci_low": 0.05, "ci_high": 0.35}},
+              "rl_reward:logic": {"main_metric": "reward", "value": 0.0,
+                                  "metrics": {"n": 2, "mean": 0.0, "change": 0.0, "ci_low": 0.0, "ci_high": 0.0}}})):
         write_json(root / f"eval/{name}/results.json", {"stage": stage, "created": created, "tasks": tasks})
 
 
@@ -50,7 +53,8 @@ def test_report_writes_markdown_figures_and_one_self_contained_html(tmp_path):
     for figure in ("pretraining_loss.png", "rl_reward.png", "sft_filter.png"):
         assert f"](figures/{figure})" in md
         assert (root / "report/figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| sft | 9.00 |" in md and "| math | 0.300 |" in md
+    assert "| sft | 9.00 |" in md and "| math | 0.300 (+0.200 [+0.050, +0.350]) |" in md  # a change carries its interval
+    assert "| logic | 0.000 |" in md  # where no prompt's reward moved, the mean alone
     # what is not there is said, not drawn empty
     assert "Not drawn: no context extension" in md and "Not drawn: no RULER result" in md
     assert "## Lineage of the final model (rl-stage-1)" in md
