@@ -54,3 +54,14 @@ def shown(metric: str, value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3f}" if metric in NOT_PERCENT else f"{100 * value:.2f}"
+
+
+def reward_cell(result: dict, stacked: bool = False) -> str:
+    """An RL domain's mean held-out reward, and after an RL stage its change from the column before with its 95%
+    paired interval (a tiny model's rewards move by chance; the interval says how much). `stacked` puts the change
+    on a line of its own, for terminal tables."""
+    cell = result.get("metrics", {})
+    if "change" not in cell or cell["ci_low"] == cell["ci_high"] == 0:  # no change, or no prompt's reward moved
+        return f"{result['value']:.3f}"
+    change = f"{cell['change']:+.3f} [{cell['ci_low']:+.3f}, {cell['ci_high']:+.3f}]"
+    return f"{result['value']:.3f}\n{change}" if stacked else f"{result['value']:.3f} ({change})"

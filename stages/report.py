@@ -66,7 +66,7 @@ def eval_documents(root: Path) -> list[dict]:
 
 
 def evaluation_blocks(root: Path, documents: list[dict]) -> list:
-    from granite_cli.eval_results import by_stage, shown
+    from granite_cli.eval_results import by_stage, reward_cell, shown
 
     if not documents:
         return [("h2", "Evaluation after each stage"), ("p", "No evaluation results under eval/.")]
@@ -92,14 +92,6 @@ def evaluation_blocks(root: Path, documents: list[dict]) -> list:
         blocks.append(("p", f"Reward model: held-out pairwise accuracy {accuracy['accuracy']:.3f} (95% interval "
                             f"{accuracy['ci_low']:.3f}-{accuracy['ci_high']:.3f}, {accuracy['n']} pairs; chance 0.5)."))
     return blocks
-
-
-def reward_cell(task: dict) -> str:
-    """A domain's mean reward, and after an RL stage its change from the column before with the paired interval."""
-    cell = task.get("metrics", {})
-    if "change" not in cell or cell["ci_low"] == cell["ci_high"] == 0:  # no change, or no prompt's reward moved
-        return f"{task['value']:.3f}"
-    return f"{task['value']:.3f} ({cell['change']:+.3f} [{cell['ci_low']:+.3f}, {cell['ci_high']:+.3f}])"
 
 
 def lineage_blocks(root: Path) -> list:

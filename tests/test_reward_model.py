@@ -174,11 +174,13 @@ def test_eval_table_puts_documents_of_one_stage_together_and_rl_rewards_by_domai
     documents = [{"stage": "sft", "tasks": {"heldout": {"main_metric": "score", "value": 0.1}}},
                  {"stage": "sft", "tasks": {"rl_reward:math": {"main_metric": "reward", "value": 0.2}}},
                  {"stage": "rl stage 1", "tasks": {"rl_reward:math": {"main_metric": "reward", "value": 0.3},
-                                                   "rl_reward:chat": {"main_metric": "reward", "value": 0.4}}}]
+                                                   "rl_reward:chat": {"main_metric": "reward", "value": 0.4, "metrics": {
+                                                       "change": 0.1, "ci_low": -0.02, "ci_high": 0.2}}}}]
     benchmarks, rewards = stages_tables(documents)
     assert benchmarks.row_count == 1 and [c.header for c in benchmarks.columns] == ["stage", "heldout\nscore"]
     assert [c.header for c in rewards.columns] == ["domain", "sft", "rl stage 1"]
-    assert list(rewards.columns[1].cells) == ["0.200", "-"] and list(rewards.columns[2].cells) == ["0.300", "0.400"]
+    assert list(rewards.columns[1].cells) == ["0.200", "-"]
+    assert list(rewards.columns[2].cells) == ["0.300", "0.400\n+0.100 [-0.020, +0.200]"]  # a change with its interval
 
 
 def test_fail_on_regression_exits_1_after_writing_the_checkpoint(checkpoint, tmp_path):

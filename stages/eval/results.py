@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 from rich.table import Table
 
-from granite_cli.eval_results import by_stage, shown
+from granite_cli.eval_results import by_stage, reward_cell, shown
 from stages.eval.published import MODELS, PUBLISHED
 
 if TYPE_CHECKING:  # tasks imports this module (through judged): only the annotation needs it
@@ -98,11 +98,11 @@ def by_task(rows: dict[str, dict]) -> Table:
 
 def by_domain(columns: dict[str, dict]) -> Table:
     domains = list(dict.fromkeys(d for tasks in columns.values() for d in tasks))
-    table = Table(title="held-out RL reward by domain after each stage (mean reward; `granite rl` prints the changes "
-                        "with their intervals)", title_justify="left")
+    table = Table(title="held-out RL reward by domain after each stage (mean reward; after an RL stage, the change "
+                        "from the column before and its 95% paired interval)", title_justify="left")
     table.add_column("domain")
     for stage in columns:
         table.add_column(stage, justify="right")
     for domain in domains:
-        table.add_row(domain, *[f"{columns[s][domain]['value']:.3f}" if domain in columns[s] else "-" for s in columns])
+        table.add_row(domain, *[reward_cell(columns[s][domain], stacked=True) if domain in columns[s] else "-" for s in columns])
     return table
