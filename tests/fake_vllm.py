@@ -2,9 +2,10 @@
 
 /v1/completions samples from a real model, given the prompt as token ids, and answers as vLLM does with
 `return_tokens_as_token_ids`: tokens as "token_id:N", each with its log-probability at the request's temperature
-(vLLM's --logprobs-mode processed_logprobs, which granite's instructions start it with), the end-of-text token included when the model ended. The four weight routes
-must come in vLLM's order (init once; then start, update, finish per push); update_weights loads the checkpoint
-at the given path into the served model and keeps a copy of what it loaded.
+(vLLM's --logprobs-mode processed_logprobs, which granite's instructions start it with), the end-of-text token
+included when the model ended. The four weight routes must come in vLLM's order (init once; then start, update,
+finish per push); update_weights loads the checkpoint at the given path into the served model and keeps a copy of
+what it loaded.
 """
 
 from __future__ import annotations

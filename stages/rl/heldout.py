@@ -31,17 +31,23 @@ def answer(engine, prompts: list[Prompt], sampling, rewarder, autocast) -> list[
             for i, p in enumerate(prompts)]
 
 
+def by_domain(answers: list[dict]) -> dict[str, list[float]]:
+    """Each domain's per-prompt rewards, and "all", in the answers' order."""
+    found: dict[str, list[float]] = {"all": []}
+    for answer in answers:
+        found["all"].append(answer["reward"])
+        found.setdefault(answer["domain"], []).append(answer["reward"])
+    return found
+
+
 def compare(before: list[dict], after: list[dict], seed: int) -> dict:
     """Per domain (and "all"): n, mean reward before and after, the change and its 95% paired bootstrap interval."""
     if [b["id"] for b in before] != [a["id"] for a in after]:
         raise ValueError("before and after must answer the same prompts in the same order")
-    domains: dict[str, list[int]] = {"all": list(range(len(before)))}
-    for i, row in enumerate(before):
-        domains.setdefault(row["domain"], []).append(i)
+    olds, news = by_domain(before), by_domain(after)
     table = {}
-    for domain in ["all"] + sorted(d for d in domains if d != "all"):
-        old = [before[i]["reward"] for i in domains[domain]]
-        new = [after[i]["reward"] for i in domains[domain]]
+    for domain in ["all"] + sorted(d for d in olds if d != "all"):
+        old, new = olds[domain], news[domain]
         change, low, high = paired_bootstrap(old, new, seed)
         table[domain] = {"n": len(old), "before": sum(old) / len(old), "after": sum(new) / len(new),
                          "change": change, "ci_low": low, "ci_high": high}

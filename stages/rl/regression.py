@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from granite_cli.stats import paired_bootstrap
+from stages.rl import heldout
 from stages.rl.prompts import Prompt, content_key
 
 
@@ -65,13 +66,9 @@ def parent_answers(parent: Path, prompts: list[Prompt], sampling: dict) -> Optio
 
 
 def rewards_by_domain(answers: list[dict]) -> dict[str, list[float]]:
-    """Each domain's per-prompt rewards, and "all", in suite order: what a later column is paired against."""
-    found: dict[str, list[float]] = {"all": []}
-    for answer in answers:
-        reward = round(answer["reward"], 4)
-        found["all"].append(reward)
-        found.setdefault(answer["domain"], []).append(reward)
-    return found
+    """Each domain's per-prompt rewards in suite order, rounded to keep the lineage small: what a later column is
+    paired against."""
+    return {domain: [round(r, 4) for r in rewards] for domain, rewards in heldout.by_domain(answers).items()}
 
 
 def columns(parent: Path, key: str, comparison: dict, before: list[dict], after: list[dict], start_name: str,
@@ -107,9 +104,9 @@ def regressions(table: list[dict], tolerance: float, seed: int = 0) -> list[dict
             continue
         fall = {"domain": domain, "best": best, "best_at": where, "now": cell["mean"], "fall": best - cell["mean"],
                 "beyond_noise": True}
-        paired = best_cell.get("rewards"), cell.get("rewards")
-        if paired[0] is not None and paired[1] is not None and len(paired[0]) == len(paired[1]):
-            _, low, high = paired_bootstrap(*paired, seed)
+        then, now = best_cell.get("rewards"), cell.get("rewards")
+        if then is not None and now is not None and len(then) == len(now):
+            _, low, high = paired_bootstrap(then, now, seed)
             fall.update(ci_low=low, ci_high=high, beyond_noise=high < 0)
         found.append(fall)
     return found
