@@ -220,7 +220,8 @@ def ruler_figure(root: Path, folder: Path, documents: list[dict]):
 
 
 def rl_figure(root: Path, folder: Path, documents: list[dict]):
-    """Held-out reward per domain across the RL stages (the last stage's regression table)."""
+    """Held-out reward per domain across the RL stages (the last stage's regression table), each point with the 95%
+    bootstrap interval of its mean over the domain's prompts, so that a dip within noise reads as one."""
     stages = sorted(root.glob("checkpoints/rl-stage-*/"), key=lambda p: p.name)
     tables = [last_entry(p).get("metrics", {}).get("regression") for p in stages]
     table = next((t for t in reversed(tables) if t), None)
@@ -230,15 +231,30 @@ def rl_figure(root: Path, folder: Path, documents: list[dict]):
     fig, ax = figure(1, 1, 4.5)
     domains = [d for d in columns[-1]["domains"] if d != "all"]
     colours = matplotlib_colours(len(domains))
-    for domain, colour in zip(domains, colours):
-        ax.plot(range(len(columns)), [c["domains"].get(domain, {}).get("mean") for c in columns], marker="o", label=domain,
-                color=colour)
-    ax.plot(range(len(columns)), [c["domains"]["all"]["mean"] for c in columns], color="black", linewidth=2.5, label="all")
+    for offset, (domain, colour) in enumerate(zip(domains + ["all"], colours + ["black"])):
+        x = [i + 0.025 * (offset - len(domains) / 2) for i in range(len(columns))]  # spread so the bars do not overlap
+        cells = [c["domains"].get(domain, {}) for c in columns]
+        means, below, above = zip(*[interval_of(cell) for cell in cells])
+        wide = domain == "all"
+        ax.errorbar(x, means, yerr=[below, above], marker="o", markersize=3 if not wide else 5, capsize=2, color=colour,
+                    linewidth=2.5 if wide else 1.2, elinewidth=0.8, label=domain)
     ax.set_xticks(range(len(columns)), [c["name"] for c in columns])
-    ax.set_ylabel("held-out mean reward")
+    ax.set_ylabel("held-out mean reward (95% interval)")
     ax.set_title("RL: held-out reward per domain after each stage (a dip shows what a stage cost)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return save(fig, folder / "rl_reward.png"), None
+
+
+def interval_of(cell: dict) -> tuple[float, float, float]:
+    """(mean, distance down, distance up) of a regression-table cell; no bar where the per-prompt rewards were not
+    kept (lineages written before they were)."""
+    from granite_cli.stats import mean_interval
+
+    mean = cell.get("mean", float("nan"))
+    if not cell.get("rewards"):
+        return mean, 0.0, 0.0
+    _, low, high = mean_interval(cell["rewards"])
+    return mean, max(mean - low, 0.0), max(high - mean, 0.0)
 
 
 def sft_filter_figure(root: Path, folder: Path, documents: list[dict]):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
+
 from conftest import granite
 
 
@@ -30,7 +32,8 @@ def small_run(root):
     write_lines(root / "filter/audit.jsonl", [{"verdict": "accept", "reasons": []},
                                               {"verdict": "reject", "reasons": [{"rule": "leakage", "reason": "x"}]}])
     columns = [{"name": "sft", "domains": {"all": {"n": 2, "mean": 0.1}, "math": {"n": 2, "mean": 0.1}}},
-               {"name": "rl-stage-1", "domains": {"all": {"n": 2, "mean": 0.3}, "math": {"n": 2, "mean": 0.3}}}]
+               {"name": "rl-stage-1", "domains": {"all": {"n": 2, "mean": 0.3, "rewards": [0.1, 0.5]},
+                                                  "math": {"n": 2, "mean": 0.3, "rewards": [0.1, 0.5]}}}]
     write_json(root / "checkpoints/rl-stage-1/lineage.json",
                [{"stage": "sft", "arguments": {}, "metrics": {"steps": 2, "loss": 1.5}, "finished": "2026-01-03T00:00:00+00:00"},
                 {"stage": "rl", "arguments": {"stage": 1}, "metrics": {"regression": {"columns": columns}},
@@ -61,6 +64,15 @@ def test_report_writes_markdown_figures_and_one_self_contained_html(tmp_path):
     page = (root / "report/report.html").read_text()
     images = page.split('src="data:image/png;base64,')[1:]
     assert len(images) == 3 and all(base64.b64decode(i.split('"')[0])[:4] == b"\x89PNG" for i in images)
+
+
+def test_the_rl_figure_bars_span_the_bootstrap_interval_of_each_mean():
+    from stages.report import interval_of
+
+    mean, down, up = interval_of({"n": 4, "mean": 0.5, "rewards": [0.0, 0.0, 1.0, 1.0]})
+    assert mean == 0.5 and 0.2 < down <= 0.5 and 0.2 < up <= 0.5  # four coin flips: the mean is anywhere from 0 to 1
+    assert interval_of({"n": 3, "mean": 0.2, "rewards": [0.2, 0.2, 0.2]}) == pytest.approx((0.2, 0.0, 0.0))  # no spread, no bar
+    assert interval_of({"n": 3, "mean": 0.2}) == (0.2, 0.0, 0.0)  # an older lineage kept no per-prompt rewards
 
 
 def test_report_of_a_directory_that_is_no_run_is_bad_input(tmp_path):
