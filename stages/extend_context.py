@@ -10,7 +10,8 @@ For each of the recipe's phase-5 stages in order (or the one `--stage` names):
 3. data: the stage's shards (`granite mix --phase 5 --stage NAME | granite tokenize --phase 5`), whole documents
    packed best-fit with position ids restarting per document (granite_cli/data/documents.py), so attention stays
    inside a document; `--cross-document` trains on windows that run across documents instead, for comparison.
-4. train: the shared loop, the phase's LR schedule over the stage's token budget, continuing the lineage.
+4. train: the shared loop, the phase's LR schedule over the stage's token budget, continuing the lineage; under
+   torchrun, `--context-parallel N` splits every row's positions across N processes (granite_cli/training/context_parallel.py).
 5. merge: parent and extended model, linear with the recipe's parent weight (15%), SLERP, or mergekit's TIES / DARE
    (model/merging.py);
    with `--merge-weights` each candidate is scored (short-context validation loss, long-context loss) and the
@@ -29,6 +30,7 @@ merge keeps most of what the stage learned.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -65,6 +67,10 @@ def extend_context_command(
                                                                        "(as pretrain does) instead of whole documents."),
     checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute each layer's activations in "
                                                                                 "backward: memory for long rows."),
+    context_parallel: int = typer.Option(1, "--context-parallel", help="Under torchrun: split every row's positions across "
+                                                                      "N processes, which all-gather keys and values in "
+                                                                      "each attention layer (rows longer than one device "
+                                                                      "holds; the processes must be a multiple of N)."),
     merge_method: Optional[str] = typer.Option(None, "--merge", help="linear, slerp, or ties / dare_ties / dare_linear "
                                                                   "(mergekit, the parent as base). Default: the recipe's phase-5 merge table (linear)."),
     merge_weight: Optional[float] = typer.Option(None, "--merge-weight", help="The parent's weight in the merge. Default: "
@@ -88,6 +94,12 @@ def extend_context_command(
     chosen = [phase.stage(stage)] if stage else phase.stages
     if shards and len(chosen) != 1:
         raise BadInput("shard directories are for one stage: add --stage NAME")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if context_parallel < 1 or processes % context_parallel:
+        raise BadInput(f"--context-parallel {context_parallel} must divide the number of processes ({processes})")
+    if len(chosen) != 1 and processes > 1:
+        raise BadInput("under torchrun, extend-context runs one stage a launch (--stage NAME), as "
+                       "examples/slurm/extend-context.sbatch does: the merge after a stage runs in the first process only")
     if rope not in ROPES:
         raise BadInput(f"--rope must be one of {', '.join(ROPES)}")
     method = merge_method or (phase.merge.method if phase.merge else "linear")
@@ -102,11 +114,15 @@ def extend_context_command(
     for spec in chosen:
         shard_dirs = [Path(p) for p in shards] if shards else [loaded.paths.shards(f"phase-{PHASE}-{spec.name}")]
         parent = run_stage(loaded, phase, spec, parent, shard_dirs, rope, lr, steps, tokens_per_step, cross_document,
-                           checkpointing, method, candidates, merge_tolerance, flags)
-    if chosen[-1] is phase.stages[-1]:
+                           checkpointing, context_parallel, method, candidates, merge_tolerance, flags)
+    if chosen[-1] is phase.stages[-1] and first_process():
         final = loaded.paths.checkpoint("extend-context")
         publish_copy(parent, final)
         console.print(f"phase 5 done: [bold]{final}[/] is the last stage's merged model (sft starts from it)")
+
+
+def first_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def parse_candidates(text: str) -> list[float]:
@@ -120,8 +136,8 @@ def parse_candidates(text: str) -> list[float]:
 
 
 def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: str, lr, steps, tokens_per_step: int,
-              cross_document: bool, checkpointing: bool, method: str, candidates: list[float], tolerance: float,
-              flags: TrainingFlags) -> Path:
+              cross_document: bool, checkpointing: bool, context_parallel: int, method: str, candidates: list[float],
+              tolerance: float, flags: TrainingFlags) -> Path:
     """Train one stage from `parent`, merge, evaluate; returns the merged checkpoint (the next stage's parent)."""
     from granite_cli.data.documents import PackedDocuments
     from granite_cli.data.tokenizer_io import load_tokenizer_checked
@@ -158,7 +174,9 @@ def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: s
         old_length = read_lineage(trained_out)[-1]["arguments"]["old_length"]
     else:
         old_length = train_stage(loaded, phase, spec, parent, trained_out, shard_dirs, sets, data, heldout, tok, rope, lr,
-                                 n_steps, global_batch, cross_document, checkpointing, flags)
+                                 n_steps, global_batch, cross_document, checkpointing, context_parallel, flags)
+    if not first_process():  # under torchrun the others are done once the trained checkpoint is written
+        return merged_out
     table, chosen = merge_and_score(parent, trained_out, merged_out, method, candidates, tolerance, heldout, spans, loaded)
     if table:
         show_positions(table, spec.name, old_length)
@@ -166,7 +184,8 @@ def run_stage(loaded, phase, spec, parent: Path, shard_dirs: list[Path], rope: s
 
 
 def train_stage(loaded, phase, spec, parent: Path, trained_out: Path, shard_dirs, sets, data, heldout, tok, rope, lr,
-                n_steps: int, global_batch: int, cross_document: bool, checkpointing: bool, flags) -> int:
+                n_steps: int, global_batch: int, cross_document: bool, checkpointing: bool, context_parallel: int,
+                flags) -> int:
     """The stage's training run (the shared loop; resumable); returns the length the parent was trained at."""
     from granite_cli.training.schedules import continue_schedule
     from model.checkpoint import read_lineage
@@ -180,6 +199,7 @@ def train_stage(loaded, phase, spec, parent: Path, trained_out: Path, shard_dirs
         schedule, offset = continue_schedule(phase.schedule, lineage, n_steps * global_batch * length, lr, None, None)
         settings = run.settings(schedule, phase.training, offset=offset, n_steps=n_steps, global_batch=global_batch,
                                 seq=length, model=model)
+        settings.context_parallel = context_parallel
         console.print(f"extend-context stage {spec.name}: {old_length} -> {length} tokens ({rope}: {rope_parameters}), "
                       f"{n_steps} steps x {global_batch} x {length} tokens, {data.count} rows of "
                       f"{'windows across documents' if cross_document else 'whole documents packed'}, "
@@ -191,7 +211,7 @@ def train_stage(loaded, phase, spec, parent: Path, trained_out: Path, shard_dirs
         run.finish(trainer, run.train(trainer), {
             "phase": PHASE, "stage": spec.name, "length": length, "old_length": old_length, "rope": rope,
             "rope_parameters": rope_parameters, "steps": n_steps, "global_batch": global_batch,
-            "cross_document": cross_document, "recipe": loaded.name, "command": sys.argv,
+            "cross_document": cross_document, "context_parallel": context_parallel, "recipe": loaded.name, "command": sys.argv,
         }, [input_record(d, d / "manifest.json") for d in shard_dirs])
     return old_length
 

@@ -226,3 +226,43 @@ def test_killed_and_resumed_extension_matches_an_uninterrupted_one(shards, short
         assert all(torch.equal(a[k], b[k]) for k in a), name
     again = granite("extend-context", *args, "--run-dir", resumed, "--resume")  # finished: nothing to redo
     assert again.returncode == 0 and "is finished; resuming after it" in again.stderr.decode()
+
+
+def test_context_parallel_attention_gives_one_process_s_logprobs_and_gradients(checkpoint):
+    # a packed row of three documents and a plain row, their positions split zigzag across 2 processes
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29521",
+                             str(REPO / "tests" / "context_parallel_worker.py"), str(checkpoint)],
+                            capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert b"equal one process's" in result.stdout
+
+
+def test_zigzag_gives_every_position_once_and_each_rank_the_same_causal_work():
+    from granite_cli.training.context_parallel import zigzag
+
+    parts = [zigzag(64, 4, rank) for rank in range(4)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(64))
+    work = [int((p + 1).sum()) for p in parts]  # a query at position i attends to i + 1 keys
+    assert len(set(work)) == 1, work
+
+
+def test_extend_context_split_across_two_processes_trains_what_one_process_trains(shards, short_parent, tmp_path):
+    args = [shards, "--stage", "1K", "--init-from", short_parent, "--steps", "2", "--batch-tokens", "2048",
+            "--peak-tflops", "1", "--micro-batch", "2"]
+    granite("extend-context", *args, "--run-dir", tmp_path / "one", check=True)
+    for port, parallel in ((29522, "ddp"), (29523, "fsdp")):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                                 str(port), "-m", "granite_cli", "extend-context", *map(str, args), "--run-dir",
+                                 str(tmp_path / parallel), "--context-parallel", "2", "--parallel", parallel],
+                                capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        for name in ("extend-context-1K-trained", "extend-context-1K"):
+            one = load_file(str(tmp_path / "one" / "checkpoints" / name / "model.safetensors"))
+            two = load_file(str(tmp_path / parallel / "checkpoints" / name / "model.safetensors"))
+            for key in one:
+                torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4, msg=f"{parallel} {name} {key}")
+        lineage = json.loads((tmp_path / parallel / "checkpoints" / "extend-context-1K-trained" / "lineage.json").read_text())
+        assert lineage[-1]["arguments"]["context_parallel"] == 2
+    refused = granite("extend-context", *args, "--run-dir", tmp_path / "three", "--context-parallel", "3")
+    assert refused.returncode == 2 and "must divide the number of processes (1)" in refused.stderr.decode()
+    assert not (tmp_path / "three").exists()  # refused before anything is written

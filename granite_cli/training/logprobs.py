@@ -46,8 +46,9 @@ class TokenLogprobs(torch.nn.Module):
     def config(self):
         return self.lm.config
 
-    def forward(self, input_ids, labels, position_ids=None, entropy: bool = False):
-        hidden = last_hidden_state(self.lm, input_ids, position_ids)
+    def forward(self, input_ids, labels, position_ids=None, entropy: bool = False, **attention):
+        """`attention`: keyword arguments for the model's attention function (context parallelism's layout)."""
+        hidden = last_hidden_state(self.lm, input_ids, position_ids, **attention)
         return chunked_logprobs(hidden, self.lm.lm_head.weight, labels, self.scale(), self.chunk_tokens, entropy)
 
     def scale(self) -> float:
@@ -55,9 +56,9 @@ class TokenLogprobs(torch.nn.Module):
         return 1.0 / (float(getattr(self.lm.config, "logits_scaling", 1.0) or 1.0) * self.temperature)
 
 
-def last_hidden_state(lm, input_ids, position_ids=None):
+def last_hidden_state(lm, input_ids, position_ids=None, **attention):
     """The backbone's output (no head): packed rows pass position ids restarting at each sequence."""
-    inputs = {"input_ids": input_ids, "use_cache": False}
+    inputs = {"input_ids": input_ids, "use_cache": False, **attention}
     if position_ids is not None:
         inputs["position_ids"] = position_ids
     return lm.model(**inputs).last_hidden_state

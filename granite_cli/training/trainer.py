@@ -8,7 +8,8 @@ the model: `TokenLogprobs` (log p of each label) unless the stage brings its own
 resume needs only the weights, the optimizer state and the step: a run killed at any point and
 restarted from its last checkpoint takes the same batches and ends with the same weights.
 
-Each step (`step_on`): split the global batch across ranks and into micro-batches; score each with
+Each step (`step_on`): split the global batch across ranks (with context parallelism, across groups of
+ranks, each rank of a group taking its share of every row's positions) and into micro-batches; score each with
 `TokenLogprobs` (chunked: no full-vocabulary logits); sum the loss and divide by the loss's
 denominator over the global batch (so accumulation and data parallelism give the gradient of one
 big batch); clip; set the LR from the schedule; step. A stage that makes its own batches (rl: several
@@ -69,6 +70,7 @@ class TrainSettings:
     peak_flops: Optional[float] = None
     flops_per_token: float = 0.0
     loss_chunk_tokens: Optional[int] = None  # positions projected onto the vocabulary at a time (None: by vocabulary size)
+    context_parallel: int = 1  # ranks each row's positions are split across (granite_cli/training/context_parallel.py)
 
     def total_units(self) -> float:
         return self.steps * (self.global_batch * self.seq_len if self.schedule_unit == "tokens" else 1)
@@ -96,16 +98,24 @@ class Trainer:
         import torch
 
         s = self.settings
-        if s.global_batch % (s.micro_batch * self.dist.world):
+        from granite_cli.training import context_parallel
+
+        self.context = context_parallel.ContextParallel.create(self.dist, s.context_parallel)
+        replicas = self.dist.world // self.context.size  # the processes that split the rows between them
+        if s.global_batch % (s.micro_batch * replicas):
             raise BadInput(f"the global batch ({s.global_batch} sequences) must be a multiple of micro batch "
-                           f"({s.micro_batch}) x processes ({self.dist.world})")
+                           f"({s.micro_batch}) x processes ({replicas}" + (f" groups of {self.context.size}"
+                                                                           if self.context.size > 1 else "") + ")")
         from granite_cli.training.logprobs import TokenLogprobs
 
         from model.attention import use_fp32_attention
 
         self.scorer = self.scorer or TokenLogprobs
         self.model.to(self.dist.device)
-        use_fp32_attention(self.model, s.precision, self.dist.device)
+        if self.context.size > 1:
+            self.model.set_attn_implementation(context_parallel.register())
+        else:
+            use_fp32_attention(self.model, s.precision, self.dist.device)
         # wrap before building the optimizer: FSDP2 replaces parameters with sharded ones in place
         self.wrapped = distributed.wrap(self.scorer(self.model, s.loss_chunk_tokens), self.dist, s.parallel)
         self.optimizer = make_optimizer(self.model, s)
@@ -152,19 +162,23 @@ class Trainer:
         denominator = self.loss.denominator(batch)
         if targets == 0 or denominator <= 0:
             raise BadInput(f"step {self.step}: the batch has no target tokens")
-        rows = len(batch["input_ids"]) // self.dist.world
-        if rows * self.dist.world != len(batch["input_ids"]):
-            raise BadInput(f"a batch of {len(batch['input_ids'])} rows does not split into {self.dist.world} process(es)")
-        mine = {k: v[self.dist.rank * rows:(self.dist.rank + 1) * rows] for k, v in batch.items()}
+        replicas, replica = self.dist.world // self.context.size, self.dist.rank // self.context.size
+        rows = len(batch["input_ids"]) // replicas
+        if rows * replicas != len(batch["input_ids"]):
+            raise BadInput(f"a batch of {len(batch['input_ids'])} rows does not split into {replicas} process(es)")
+        mine = {k: v[replica * rows:(replica + 1) * rows] for k, v in batch.items()}
         # the last micro-batch may be shorter (rl's packed batches vary in rows): the loss is a sum over the global
         # batch divided once by its denominator, so how rows group into micro-batches changes nothing
         micro_steps = math.ceil(rows / s.micro_batch)
         sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.dist.device)}
         for i in range(micro_steps):
             micro = {k: v[i * s.micro_batch:(i + 1) * s.micro_batch].to(self.dist.device) for k, v in mine.items()}
+            attention = {}
+            if self.context.size > 1:  # this rank's share of every row's positions
+                micro, attention["context_parallel"] = self.context.split(micro)
             with distributed.no_sync(self.wrapped, sync=i == micro_steps - 1), self.autocast():
                 logprobs, entropy = self.forward(micro["input_ids"], micro["labels"], micro.get("position_ids"),
-                                                 entropy=self.loss.wants_entropy)
+                                                 entropy=self.loss.wants_entropy, **attention)
                 loss_sum, metrics = self.loss(logprobs, entropy, micro)
                 (loss_sum * self.dist.world / denominator).backward()
             for name, value in {"loss": loss_sum, **metrics}.items():
