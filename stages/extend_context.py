@@ -97,6 +97,9 @@ def extend_context_command(
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if context_parallel < 1 or processes % context_parallel:
         raise BadInput(f"--context-parallel {context_parallel} must divide the number of processes ({processes})")
+    if context_parallel > 1 and (uneven := [s.name for s in chosen if s.length % (2 * context_parallel)]):
+        raise BadInput(f"--context-parallel {context_parallel} cuts each row into {2 * context_parallel} equal chunks: "
+                       f"the length of stage {', '.join(uneven)} is not a multiple of {2 * context_parallel}")
     if len(chosen) != 1 and processes > 1:
         raise BadInput("under torchrun, extend-context runs one stage a launch (--stage NAME), as "
                        "examples/slurm/extend-context.sbatch does: the merge after a stage runs in the first process only")

@@ -31,12 +31,11 @@ ATTENTION = "context_parallel"
 
 @dataclass
 class Layout:
-    """What the attention of one context-parallel forward needs to know about the split row."""
+    """What the attention of one context-parallel forward needs about the split rows (built once, read by every layer)."""
 
     group: object  # the rank's context-parallel process group
-    query_index: torch.Tensor  # [T / N] position in the whole row of each of this rank's tokens
     key_index: torch.Tensor  # [T] position in the whole row of each gathered key, in gather order
-    documents: torch.Tensor  # [B, T] document number of every position of the whole rows
+    allowed: torch.Tensor  # [B, 1, T / N, T] which gathered keys each of this rank's queries may attend to
 
 
 @dataclass
@@ -72,13 +71,14 @@ class ContextParallel:
         positions = micro.get("position_ids")
         if positions is None:
             positions = torch.arange(length, device=device).expand_as(micro["input_ids"])
-        documents = torch.cumsum((positions == 0).long(), dim=1)
+        documents = torch.cumsum((positions == 0).long(), dim=1)  # a document starts where the positions restart
         mine = zigzag(length, self.size, self.rank).to(device)
+        every = torch.cat([zigzag(length, self.size, r) for r in range(self.size)]).to(device)
+        allowed = ((every[None, :] <= mine[:, None])[None]
+                   & (documents[:, mine, None] == documents[:, None, every]))
         local = {k: (v[:, mine] if v.dim() >= 2 and v.shape[1] == length else v) for k, v in micro.items()}
         local["position_ids"] = positions[:, mine]
-        every = torch.cat([zigzag(length, self.size, r) for r in range(self.size)]).to(device)
-        return local, Layout(self.group, mine, every, documents)
-
+        return local, Layout(self.group, every, allowed[:, None])
 
 def zigzag(length: int, size: int, rank: int) -> torch.Tensor:
     """Rank `rank`'s positions of a row of `length`: chunks rank and 2*size-1-rank of 2*size equal chunks."""
@@ -99,13 +99,8 @@ def attention_forward(module, query, key, value, attention_mask, context_paralle
     layout = context_parallel
     keys = all_gather_single_autograd(key.contiguous(), 2, layout.group)  # [B, heads, T, D] in gather order
     values = all_gather_single_autograd(value.contiguous(), 2, layout.group)
-    query_documents = layout.documents[:, layout.query_index]
-    key_documents = layout.documents[:, layout.key_index]
-    allowed = ((layout.key_index[None, :] <= layout.query_index[:, None])[None]
-               & (query_documents[:, :, None] == key_documents[:, None, :]))
     kwargs.pop("is_causal", None)
-    return sdpa_attention_forward(module, query, keys, values, allowed[:, None], is_causal=False, **kwargs)
-
+    return sdpa_attention_forward(module, query, keys, values, layout.allowed, is_causal=False, **kwargs)
 
 def register() -> str:
     """Make the context-parallel attention known to transformers (idempotent) and return its name; its mask is

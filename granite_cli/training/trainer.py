@@ -103,9 +103,10 @@ class Trainer:
         self.context = context_parallel.ContextParallel.create(self.dist, s.context_parallel)
         replicas = self.dist.world // self.context.size  # the processes that split the rows between them
         if s.global_batch % (s.micro_batch * replicas):
+            what = (f"processes ({replicas})" if self.context.size == 1 else
+                    f"context-parallel groups ({replicas} of {self.context.size} processes)")
             raise BadInput(f"the global batch ({s.global_batch} sequences) must be a multiple of micro batch "
-                           f"({s.micro_batch}) x processes ({replicas}" + (f" groups of {self.context.size}"
-                                                                           if self.context.size > 1 else "") + ")")
+                           f"({s.micro_batch}) x {what}")
         from granite_cli.training.logprobs import TokenLogprobs
 
         from model.attention import use_fp32_attention
