@@ -95,7 +95,9 @@ def extend_context_command(
     if shards and len(chosen) != 1:
         raise BadInput("shard directories are for one stage: add --stage NAME")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if context_parallel < 1 or processes % context_parallel:
+    if context_parallel < 1:
+        raise BadInput("--context-parallel must be 1 or more (1: every process holds whole rows)")
+    if processes % context_parallel:
         raise BadInput(f"--context-parallel {context_parallel} must divide the number of processes ({processes})")
     if context_parallel > 1 and (uneven := [s.name for s in chosen if s.length % (2 * context_parallel)]):
         raise BadInput(f"--context-parallel {context_parallel} cuts each row into {2 * context_parallel} equal chunks: "
