@@ -30,7 +30,6 @@ merge keeps most of what the stage learned.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ import typer
 from granite_cli import options
 from granite_cli.console import console
 from granite_cli.errors import BadInput
+from granite_cli.training.distributed import launch_position
 from granite_cli.training.stage import TrainingFlags, TrainingRun, input_record, training_command
 
 PHASE = 5
@@ -94,7 +94,7 @@ def extend_context_command(
     chosen = [phase.stage(stage)] if stage else phase.stages
     if shards and len(chosen) != 1:
         raise BadInput("shard directories are for one stage: add --stage NAME")
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    _, processes = launch_position()
     if context_parallel < 1:
         raise BadInput("--context-parallel must be 1 or more (1: every process holds whole rows)")
     if processes % context_parallel:
@@ -127,7 +127,7 @@ def extend_context_command(
 
 
 def first_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return launch_position()[0] == 0
 
 
 def parse_candidates(text: str) -> list[float]:

@@ -44,7 +44,7 @@ def main() -> None:
     every = [torch.zeros_like(mine) for _ in range(dist.world)]
     torch.distributed.all_gather(every, mine)
     together = torch.zeros_like(alone)
-    together[:, layout.key_index] = torch.cat(every, dim=1)
+    together[:, context_parallel.gather_order(length, dist.world)] = torch.cat(every, dim=1)
     torch.testing.assert_close(together, alone, atol=2e-5, rtol=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, alone_grads[name], atol=2e-5, rtol=1e-4, msg=name)

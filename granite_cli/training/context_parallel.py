@@ -34,7 +34,6 @@ class Layout:
     """What the attention of one context-parallel forward needs about the split rows (built once, read by every layer)."""
 
     group: object  # the rank's context-parallel process group
-    key_index: torch.Tensor  # [T] position in the whole row of each gathered key, in gather order
     allowed: torch.Tensor  # [B, 1, T / N, T] which gathered keys each of this rank's queries may attend to
 
 
@@ -45,6 +44,8 @@ class ContextParallel:
     size: int  # N: ranks a row is split across
     rank: int  # this rank's place in its group
     group: object
+    replica: int  # which group: the groups split the batch's rows between them
+    replicas: int
 
     @classmethod
     def create(cls, dist, size: int) -> "ContextParallel":
@@ -58,7 +59,7 @@ class ContextParallel:
             made = torch.distributed.new_group(ranks) if size > 1 else None
             if dist.rank in ranks:
                 group = made
-        return cls(size, dist.rank % size, group)
+        return cls(size, dist.rank % size, group, dist.rank // size, dist.world // size)
 
     def split(self, micro: dict) -> tuple[dict, Layout]:
         """This rank's positions of every [B, T] tensor of a micro-batch, and the layout attention needs."""
@@ -73,12 +74,18 @@ class ContextParallel:
             positions = torch.arange(length, device=device).expand_as(micro["input_ids"])
         documents = torch.cumsum((positions == 0).long(), dim=1)  # a document starts where the positions restart
         mine = zigzag(length, self.size, self.rank).to(device)
-        every = torch.cat([zigzag(length, self.size, r) for r in range(self.size)]).to(device)
+        every = gather_order(length, self.size).to(device)
         allowed = ((every[None, :] <= mine[:, None])[None]
                    & (documents[:, mine, None] == documents[:, None, every]))
         local = {k: (v[:, mine] if v.dim() >= 2 and v.shape[1] == length else v) for k, v in micro.items()}
         local["position_ids"] = positions[:, mine]
-        return local, Layout(self.group, every, allowed[:, None])
+        return local, Layout(self.group, allowed[:, None])
+
+
+def gather_order(length: int, size: int) -> torch.Tensor:
+    """The position in the whole row of each key or value the group all-gathers: rank 0's positions, then rank 1's..."""
+    return torch.cat([zigzag(length, size, rank) for rank in range(size)])
+
 
 def zigzag(length: int, size: int, rank: int) -> torch.Tensor:
     """Rank `rank`'s positions of a row of `length`: chunks rank and 2*size-1-rank of 2*size equal chunks."""
@@ -101,6 +108,7 @@ def attention_forward(module, query, key, value, attention_mask, context_paralle
     values = all_gather_single_autograd(value.contiguous(), 2, layout.group)
     kwargs.pop("is_causal", None)
     return sdpa_attention_forward(module, query, keys, values, layout.allowed, is_causal=False, **kwargs)
+
 
 def register() -> str:
     """Make the context-parallel attention known to transformers (idempotent) and return its name; its mask is

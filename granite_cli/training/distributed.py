@@ -33,11 +33,16 @@ class Dist:
         return self.world > 1
 
 
+def launch_position() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them, (0, 1) for a process run alone: readable before any process group
+    exists (a stage's checks and its output lock come first)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device_name: str = "auto") -> Dist:
     import torch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world = launch_position()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"

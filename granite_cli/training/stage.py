@@ -20,7 +20,6 @@ import functools
 import hashlib
 import inspect
 import json
-import os
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,6 +31,7 @@ from granite_cli import options
 from granite_cli.console import console
 from granite_cli.data.atomic import OutputLock, atomic_path, partial_directory, publish
 from granite_cli.errors import BadInput
+from granite_cli.training import distributed
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RUN_SETTINGS = "run-settings.json"  # in the work directory: what a --resume must match
@@ -112,19 +112,15 @@ class TrainingRun:
         self.stage, self.out, self.flags = stage, Path(out), flags
         self.workdir = partial_directory(self.out)
         # the first process holds the output (under torchrun the others share its run)
-        self.lock = OutputLock(self.out).__enter__() if int(os.environ.get("RANK", "0")) == 0 else None
+        self.lock = OutputLock(self.out).__enter__() if distributed.launch_position()[0] == 0 else None
         prepare_output(self.out, self.workdir, flags.resume, flags.overwrite)
         self.dist = None
 
     def __enter__(self) -> "TrainingRun":
-        from granite_cli.training import distributed
-
         self.dist = distributed.setup(self.flags.device)
         return self
 
     def __exit__(self, *exc) -> None:
-        from granite_cli.training import distributed
-
         distributed.teardown(self.dist)
         if self.lock is not None:
             self.lock.__exit__()
@@ -199,7 +195,6 @@ class TrainingRun:
 
         `results` join the lineage entry's metrics (rl's held-out rewards); `files` ({name: text}) are written into
         the checkpoint beside it (rl's per-prompt held-out scores)."""
-        from granite_cli.training import distributed
         from model.checkpoint import lineage_entry, save_checkpoint
 
         model_state = trainer.model_state()

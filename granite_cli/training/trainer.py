@@ -101,7 +101,7 @@ class Trainer:
         from granite_cli.training import context_parallel
 
         self.context = context_parallel.ContextParallel.create(self.dist, s.context_parallel)
-        replicas = self.dist.world // self.context.size  # the processes that split the rows between them
+        replicas = self.context.replicas  # what splits the rows: the processes, or their context-parallel groups
         if s.global_batch % (s.micro_batch * replicas):
             what = (f"processes ({replicas})" if self.context.size == 1 else
                     f"context-parallel groups ({replicas} of {self.context.size} processes)")
@@ -163,7 +163,7 @@ class Trainer:
         denominator = self.loss.denominator(batch)
         if targets == 0 or denominator <= 0:
             raise BadInput(f"step {self.step}: the batch has no target tokens")
-        replicas, replica = self.dist.world // self.context.size, self.dist.rank // self.context.size
+        replicas, replica = self.context.replicas, self.context.replica
         rows = len(batch["input_ids"]) // replicas
         if rows * replicas != len(batch["input_ids"]):
             raise BadInput(f"a batch of {len(batch['input_ids'])} rows does not split into {replicas} process(es)")
