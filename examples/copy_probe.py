@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
-from transformers import AutoModelForCausalLM
+
+from granite_cli.errors import BadInput
+from granite_cli.training.logprobs import TokenLogprobs
+from model.checkpoint import load_model
 
 
-def copy_losses(model, vocab_size: int, rows: int = 32, span: int = 32, seed: int = 0) -> tuple[float, float]:
-    """(mean loss on the first showing, on the repeat), in nats a token; ids below 100 (special tokens) not drawn."""
+def copy_losses(lm, rows: int = 32, span: int = 32, seed: int = 0) -> tuple[float, float]:
+    """(mean loss on the first showing, on the repeat), in nats a token; ids below 100 (special tokens) not drawn.
+    Scored by the trainer's TokenLogprobs, so no row's whole-vocabulary logits exist at once."""
     generator = torch.Generator().manual_seed(seed)
-    first = torch.randint(100, vocab_size, (rows, span), generator=generator)
+    first = torch.randint(100, lm.config.vocab_size, (rows, span), generator=generator)
     ids = torch.cat([first, first], 1)
     with torch.no_grad():
-        logprobs = torch.log_softmax(model(ids).logits.float(), -1)
-    nll = -logprobs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # nll[:, t] is the loss of token t + 1
-    return nll[:, : span - 1].mean().item(), nll[:, span - 1:].mean().item()
+        logprobs, _ = TokenLogprobs(lm)(ids[:, :-1], ids[:, 1:])  # logprobs[:, t]: token t + 1
+    return -logprobs[:, : span - 1].mean().item(), -logprobs[:, span - 1:].mean().item()
 
 
 def main() -> None:
@@ -31,10 +35,14 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+")
     args = parser.parse_args()
     for path in args.checkpoints:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
-        vocab = model.config.vocab_size
-        first, repeat = copy_losses(model, vocab)
-        print(f"{path}: first showing {first:.2f}, repeat {repeat:.2f} nats a token (uniform guess {math.log(vocab):.2f})")
+        try:
+            lm = load_model(path).eval()
+        except BadInput as err:
+            print(f"copy_probe: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        first, repeat = copy_losses(lm)
+        print(f"{path}: first showing {first:.2f}, repeat {repeat:.2f} nats a token "
+              f"(uniform guess {math.log(lm.config.vocab_size):.2f})")
 
 
 if __name__ == "__main__":
