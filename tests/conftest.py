@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import cli_process
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,9 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def granite(*args, input=None, cwd=None, check=False):
-    """Run the real CLI in a subprocess, so exit statuses and stdout/stderr separation are tested as users see them."""
-    result = subprocess.run([sys.executable, "-m", "granite_cli", *map(str, args)], input=input, capture_output=True,
-                            cwd=cwd, env={**os.environ, "COLUMNS": "200"})
+    """Run the real CLI in a child process, so exit statuses and stdout/stderr separation are tested as users see them
+    (forked with torch and transformers already imported: tests/cli_process.py)."""
+    result = cli_process.run(list(map(str, args)), input, cwd, {**os.environ, "COLUMNS": "200"})
     if check and result.returncode != 0:
         raise AssertionError(f"granite {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr.decode()}")
     return result
