@@ -26,20 +26,27 @@ _context = None
 def run(args: list[str], input: bytes | None, cwd, env: dict) -> subprocess.CompletedProcess:
     """The CLI's exit status and its stdout and stderr bytes, as subprocess.run(capture_output=True) returns them;
     stdin holds `input` (empty when None: a test never waits on the terminal)."""
-    global _context
-    if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(PRELOAD)
     with tempfile.TemporaryDirectory(prefix="granite-cli-") as tmp:
         paths = [os.path.join(tmp, name) for name in ("stdin", "stdout", "stderr")]
         with open(paths[0], "wb") as stdin:
             stdin.write(input or b"")
-        child = _context.Process(target=_main, args=(list(args), str(cwd) if cwd else None, env, *paths))
-        child.start()
+        child = start(args, cwd, env, *paths)
         child.join()
         with open(paths[1], "rb") as out, open(paths[2], "rb") as err:
             return subprocess.CompletedProcess(["granite", *args], child.exitcode,  # killed: minus the signal, as subprocess
                                                 out.read(), err.read())
+
+
+def start(args: list[str], cwd, env: dict, stdin_path: str, stdout_path: str, stderr_path: str):
+    """The CLI started in a child (a multiprocessing Process: `exitcode`, `kill()`, `join()`) on the given files."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    child = _context.Process(target=_main, args=(list(args), str(cwd) if cwd else None, env, stdin_path, stdout_path,
+                                                 stderr_path))
+    child.start()
+    return child
 
 
 def _main(args, cwd, env, stdin_path, stdout_path, stderr_path) -> None:

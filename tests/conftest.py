@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,14 +27,13 @@ def kill_after_first_checkpoint(args, workdir: Path, timeout: float = 120) -> No
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "granite_cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = cli_process.start(list(map(str, args)), None, dict(os.environ), os.devnull, os.devnull, os.devnull)
     deadline = time.time() + timeout
     while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        assert proc.exitcode is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
 
 
 @pytest.fixture(scope="session")
