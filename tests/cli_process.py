@@ -5,7 +5,7 @@ the suite runs the CLI well over a hundred times. Each run here is a process for
 forkserver that imported them once: it has its own pid, its own file descriptors 0/1/2 (files, not the test's),
 its own working directory and environment, and ends with the CLI's exit status, so exit codes and the
 stdout/stderr split are tested as users see them. Nothing that parallelises has run in the server before the
-fork (importing does not start torch's thread pools). Tests that kill a run mid-way start a plain subprocess.
+fork (importing does not start torch's thread pools). A test that kills a run mid-way uses `start` and `kill()`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def run(args: list[str], input: bytes | None, cwd, env: dict) -> subprocess.Comp
         child = start(args, cwd, env, *paths)
         child.join()
         with open(paths[1], "rb") as out, open(paths[2], "rb") as err:
-            return subprocess.CompletedProcess(["granite", *args], child.exitcode,  # killed: minus the signal, as subprocess
-                                                out.read(), err.read())
+            # a killed child's exitcode is minus the signal, as subprocess reports it
+            return subprocess.CompletedProcess(["granite", *args], child.exitcode, out.read(), err.read())
 
 
 def start(args: list[str], cwd, env: dict, stdin_path: str, stdout_path: str, stderr_path: str):
@@ -59,7 +59,8 @@ def _main(args, cwd, env, stdin_path, stdout_path, stderr_path) -> None:
         os.chdir(cwd)
     sys.stdout.flush()
     sys.stderr.flush()
-    for fd, path, flags in ((0, stdin_path, os.O_RDONLY), (1, stdout_path, os.O_WRONLY | os.O_CREAT), (2, stderr_path, os.O_WRONLY | os.O_CREAT)):
+    writing = os.O_WRONLY | os.O_CREAT
+    for fd, path, flags in ((0, stdin_path, os.O_RDONLY), (1, stdout_path, writing), (2, stderr_path, writing)):
         opened = os.open(path, flags)
         os.dup2(opened, fd)
         os.close(opened)
@@ -68,10 +69,12 @@ def _main(args, cwd, env, stdin_path, stdout_path, stderr_path) -> None:
     try:
         runpy.run_module("granite_cli", run_name="__main__", alter_sys=True)
         code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-        if done.code is not None and not isinstance(done.code, int):
+    except SystemExit as done:  # sys.exit(None | int | message), as the interpreter reports each
+        if done.code is None or isinstance(done.code, int):
+            code = done.code or 0
+        else:
             print(done.code, file=sys.stderr)
+            code = 1
     except BaseException:  # what the interpreter does with an uncaught exception
         traceback.print_exc()
         code = 1

@@ -24,7 +24,6 @@ def granite(*args, input=None, cwd=None, check=False):
 
 def kill_after_first_checkpoint(args, workdir: Path, timeout: float = 120) -> None:
     """Run `granite ARGS` and SIGKILL it as soon as a step checkpoint is complete in `workdir` (a hard crash mid-run)."""
-    import signal
     import time
 
     proc = cli_process.start(list(map(str, args)), None, dict(os.environ), os.devnull, os.devnull, os.devnull)
@@ -32,7 +31,7 @@ def kill_after_first_checkpoint(args, workdir: Path, timeout: float = 120) -> No
     while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
         assert proc.exitcode is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
+    proc.kill()  # SIGKILL
     proc.join()
 
 
