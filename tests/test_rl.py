@@ -214,7 +214,8 @@ def test_rl_raises_the_reward_and_logs_every_step(rl_run):
     lines = metrics(out)
     assert [m["step"] for m in lines] == list(range(1, 11))
     rewards = [m["reward"] for m in lines]
-    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.2, rewards
+    # steps 1-2 sample (nearly) the starting policy; at LR 1e-2 step 3 may already have learned
+    assert np.mean(rewards[-3:]) > np.mean(rewards[:2]) + 0.2, rewards
     for key in ("reward_std", "reward/greeting", "zero_variance_share", "length_mean", "length_max", "truncated_share",
                 "clip_low", "clip_high", "kl", "entropy", "generation_tokens_per_second", "training_tokens_per_second",
                 "seconds_generation", "seconds_reward", "seconds_scoring", "seconds_update"):

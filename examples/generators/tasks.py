@@ -2,7 +2,8 @@
 that lead to it, and the verifier record an RL reward or an eval checker needs (docs/design.md, contract 3).
 
 One function per task family; FAMILIES maps family name to (domain, generator). Every generator
-takes a `random.Random` so that a seed reproduces the same bytes.
+takes a `random.Random` so that a seed reproduces the same bytes. A task may carry a `subject`: the held-out split
+(build_data.task_pool) then keys on it rather than on the prompt, so near-identical wordings stay on one side.
 """
 
 from __future__ import annotations
@@ -102,32 +103,46 @@ def ordering(rng: random.Random):
 CONSTRAINTS = {
     "lowercase": "Use only lowercase letters.",
     "keyword": "Include the word '{keyword}'.",
-    "sentences": "Write exactly {n} sentences.",
+    "sentences": "Write exactly {n} sentence{plural}.",
     "no_commas": "Do not use any commas.",
 }
+LEADS = ["Write about {topic}.", "Tell me about {topic}.", "Describe {topic}.", "Say something about {topic}.",
+         "Talk about {topic}.", "Share your thoughts on {topic}.", "Write a short note about {topic}.",
+         "Write a few lines about {topic}."]
+# Format rules are checked on the answer's shape alone; a keyword rule needs a word copied from the prompt, which a
+# tiny model cannot do (README, rl), so the keyword is drawn once in four: stage 1 then has rules it can learn.
+FORMAT_RULES = ["lowercase", "sentences", "no_commas"]
+# more subjects than the chat data's TOPICS, so that format-only prompts do not run out of unique wordings
+IF_TOPICS = TOPICS + ["the desert", "a quiet village", "winter evenings", "a school garden", "old photographs",
+                      "a football match", "the moon", "a summer festival"]
 
 
 def instruction_following(rng: random.Random):
-    topic, keyword, n = rng.choice(TOPICS), rng.choice(WORDS), rng.randint(2, 3)
-    chosen = sorted(rng.sample(list(CONSTRAINTS), 2))
+    topic, keyword, n = rng.choice(IF_TOPICS), rng.choice(WORDS), rng.randint(1, 3)
+    rules = rng.sample(FORMAT_RULES, rng.randint(1, 2))
+    if rng.random() < 0.25:
+        rules[0] = "keyword"
     constraints = []
-    for kind in chosen:
+    for kind in sorted(rules):
         spec = {"type": kind}
         if kind == "keyword":
             spec["keyword"] = keyword
         if kind == "sentences":
             spec["n"] = n
         constraints.append(spec)
-    rules = " ".join(CONSTRAINTS[c["type"]].format(**c) for c in constraints)
-    prompt = f"Write about {topic}. {rules}"
+    rules_text = " ".join(CONSTRAINTS[c["type"]].format(plural="s" if c.get("n", 2) > 1 else "", **c)
+                          for c in constraints)
+    lead = rng.choice(LEADS).format(topic=topic)
+    prompt = f"{lead} {rules_text}"
     sentences = [f"I think about {topic} and the {keyword} I once saw.", "It felt calm and bright.",
                  f"The memory of the {keyword} stays with me."]
-    count = n if "sentences" in chosen else 2
+    count = n if "sentences" in rules else 2
     response = " ".join(sentences[:count])
-    if "lowercase" in chosen:
+    if "lowercase" in rules:
         response = response.lower()
-    return task("instruction_following", "instruction_following", prompt, response,
-                [f"Follow each rule: {rules}"], {"type": "constraints", "constraints": constraints})
+    return {**task("instruction_following", "instruction_following", prompt, response,
+                   [f"Follow each rule: {rules_text}"], {"type": "constraints", "constraints": constraints}),
+            "subject": lead}
 
 
 def structured_output(rng: random.Random):
