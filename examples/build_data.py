@@ -3,8 +3,9 @@
     python examples/build_data.py            # needs python3.11-doc and manpages-fr/-de/-es installed
 
 Real text comes from gather_text.py; everything else from the seeded generators in generators/.
-The held-out split: a task is held out when a hash of its prompt falls in the held-out bucket, so the
-split is stable across runs and disjoint from training by construction (tests check it again).
+The held-out split: a task is held out when a hash of its prompt (or of its `subject`, where the generator
+names one) falls in the held-out bucket, so the split is stable across runs and disjoint from training by
+construction (tests check it again).
 """
 
 from __future__ import annotations
