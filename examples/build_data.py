@@ -56,7 +56,7 @@ def task_pool(rng: random.Random, per_family: int) -> tuple[dict[str, list], dic
             seen.add(task["prompt"])
             # a task whose prompts differ only in a rule or two names its subject: all its wordings fall on one
             # side, or the filter's 8-gram decontamination finds held-out prompts inside training ones
-            bucket = heldout[family] if is_heldout(task.pop("subject", task["prompt"])) else train[family]
+            bucket = heldout[family] if is_heldout(task.get("subject", task["prompt"])) else train[family]
             bucket.append(task)
             if len(train[family]) >= per_family and len(heldout[family]) >= HELDOUT_PER_FAMILY:
                 break
