@@ -74,7 +74,7 @@ def text_doc(source: str, text: str) -> dict:
 
 def pretrain_synthetic(train: dict[str, list], rng: random.Random) -> dict[str, list[dict]]:
     math = [text_doc("math", f"Problem: {t['prompt']}\nSolution: {' '.join(t['steps'])}\nAnswer: {t['answer']}")
-            for family in ("arithmetic", "word_problem", "science") for t in train[family]]
+            for family in ("arithmetic", "word_problem", "arithmetic_rule", "science") for t in train[family]]
     long_cot = []
     for family, items in train.items():
         for t in items:
@@ -163,8 +163,9 @@ def preference_pairs(train: dict[str, list], rng: random.Random) -> list[dict]:
     return pairs
 
 
-RL_STAGE1_DOMAINS = {"math": ["arithmetic", "word_problem"], "science": ["science"], "logic": ["ordering", "string"],
-                     "instruction_following": ["instruction_following"], "structured_output": ["structured_output"],
+RL_STAGE1_DOMAINS = {"math": ["arithmetic", "word_problem", "arithmetic_rule"], "science": ["science"],
+                     "logic": ["ordering", "string"], "instruction_following": ["instruction_following"],
+                     "structured_output": ["structured_output"],
                      "text_to_sql": ["text_to_sql"], "temporal": ["temporal"], "in_context_learning": ["in_context"]}
 
 
@@ -178,7 +179,7 @@ def rl_sets(train: dict[str, list], rng: random.Random) -> dict[str, list[dict]]
              for t in train[f][-RL_STAGE1_PER_FAMILY.get(f, 100):]]
     multi += [chat.chat_prompt(rng) for _ in range(100)]
     rng.shuffle(multi)
-    math = [chat.rl_prompt(t, rng) for f in ("arithmetic", "word_problem") for t in train[f][-200:]]
+    math = [chat.rl_prompt(t, rng) for f in RL_STAGE1_DOMAINS["math"] for t in train[f][-200:]]
     rng.shuffle(math)
     identity = [chat.identity_prompt(rng) for _ in range(60)] + [chat.calibration_prompt(rng) for _ in range(60)]
     rng.shuffle(identity)

@@ -39,7 +39,7 @@ def test_heldout_prompts_never_appear_in_training_data():
 
 def test_every_task_family_and_rl_domain_is_present():
     families = {r["family"] for r in read_records([str(DATA / "eval" / "heldout.jsonl.zst")])}
-    assert len(families) == 10
+    assert len(families) == 11
     domains = {r["domain"] for r in read_records([str(DATA / "rl" / "multi-domain.jsonl.zst")])}
     assert domains == {"math", "science", "logic", "instruction_following", "structured_output", "text_to_sql",
                        "temporal", "general_chat", "in_context_learning"}
@@ -47,6 +47,16 @@ def test_every_task_family_and_rl_domain_is_present():
     assert any(r.get("tools") for r in sft) and any(r.get("documents") for r in sft)
     assert any(len([m for m in r["messages"] if m["role"] == "user"]) > 1 for r in sft)
     assert {r.get("meta", {}).get("defect") for r in sft} >= {"wrong_answer", "unknown_tool", "ungrounded", "duplicate"}
+
+
+def test_arithmetic_rule_answers_are_what_the_arithmetic_gives():
+    """The family's answers come from a rule (a number minus itself is 0); computing each prompt checks the rule."""
+    rules = [r for r in read_records([str(DATA / "eval" / "heldout.jsonl.zst")]) if r["family"] == "arithmetic_rule"]
+    assert len(rules) == 40
+    for record in rules:
+        prompt = record["messages"][-1]["content"]
+        expression = re.sub(r"^(What is|Compute) |[?.]$", "", prompt).replace(" to the power of ", " ** ").replace("^", " ** ")
+        assert eval(expression, {"__builtins__": {}}) == float(record["answer"]), prompt
 
 
 def test_sources_md_lists_every_file():

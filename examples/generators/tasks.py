@@ -63,6 +63,30 @@ def word_problem(rng: random.Random):
     return task("word_problem", "math", prompt, change, steps, numeric(change))
 
 
+# Arithmetic whose answer a rule gives without the operands: a number times 0, minus itself, divided by itself, to
+# the power 0. The tiny model cannot copy digits from its prompt (README, rl), so it cannot do arithmetic on them,
+# but it can learn to read the operation: these give the math stage something a 1.85M model can learn.
+ARITHMETIC_RULES = [
+    ("What is {a} * 0?", 0, "Any number times 0 is 0."),
+    ("What is 0 * {a}?", 0, "0 times any number is 0."),
+    ("What is {a} - {a}?", 0, "A number minus itself is 0."),
+    ("Compute ({a} - {a}) * {b}.", 0, "The brackets hold a number minus itself, which is 0, and 0 times any number is 0."),
+    ("What is 0 / {a}?", 0, "0 divided by a nonzero number is 0."),
+    ("What is {a} / {a}?", 1, "A nonzero number divided by itself is 1."),
+    ("What is {a} to the power of 0?", 1, "A nonzero number to the power of 0 is 1."),
+    ("Compute {a}^0.", 1, "A nonzero number to the power of 0 is 1."),
+    ("What is 1 to the power of {a}?", 1, "1 to any power is 1."),
+    ("What is ({a} + {a}) / {a}?", 2, "A number plus itself is twice the number, and twice a number divided by it is 2."),
+    ("What is {a} / {a} + 1?", 2, "A nonzero number divided by itself is 1, and 1 + 1 = 2."),
+]
+
+
+def arithmetic_rule(rng: random.Random):
+    template, answer, rule = rng.choice(ARITHMETIC_RULES)
+    prompt = template.format(a=rng.randint(2, 999), b=rng.randint(2, 99))
+    return task("arithmetic_rule", "math", prompt, answer, [rule], numeric(answer))
+
+
 def science(rng: random.Random):
     kind = rng.choice(["speed", "density", "ohm", "kinetic"])
     if kind == "speed":
@@ -262,4 +286,5 @@ FAMILIES = {
     "temporal": temporal,
     "in_context": in_context,
     "string": string_task,
+    "arithmetic_rule": arithmetic_rule,
 }
