@@ -59,6 +59,12 @@ def test_arithmetic_rule_answers_are_what_the_arithmetic_gives():
         assert eval(expression, {"__builtins__": {}}) == float(record["answer"]), prompt
 
 
+def test_make_all_evaluates_every_heldout_task():
+    """`make all` evaluates the first EVAL_LIMIT items of a task: a family added to the data must not fall past it."""
+    limit = int(re.search(r"^EVAL_LIMIT \?= (\d+)$", (REPO / "Makefile").read_text(), re.M).group(1))
+    assert len(list(read_records([str(DATA / "eval" / "heldout.jsonl.zst")]))) <= limit
+
+
 def test_sources_md_lists_every_file():
     listed = (DATA / "SOURCES.md").read_text()
     for path in DATA.rglob("*.zst"):
