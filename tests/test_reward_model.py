@@ -168,6 +168,29 @@ def test_a_domain_falling_past_tolerance_is_a_regression_when_the_fall_is_beyond
     assert fall["fall"] == 0.125 and not fall["beyond_noise"] and fall["ci_high"] == 0
 
 
+def test_a_parent_that_answered_again_gets_its_own_column(tmp_path):
+    """A stage whose "before" is the parent answering again (another seed) measures its change from those answers:
+    the table shows them as a column, so the change sits beside the mean it is from."""
+    from stages.rl.heldout import compare
+    from stages.rl.regression import columns
+
+    parent = tmp_path / "rl-stage-3"
+    parent.mkdir()
+    carried = [{"name": "rl-stage-3", "domains": {"all": {"n": 2, "mean": 0.25}, "math": {"n": 2, "mean": 0.25}}}]
+    (parent / "lineage.json").write_text(json.dumps([{"stage": "rl", "metrics": {"regression": {"suite": "k", "columns": carried}}}]))
+    before = [{"id": "a", "domain": "math", "reward": 0.5}, {"id": "b", "domain": "math", "reward": 0.5}]
+    after = [{"id": "a", "domain": "math", "reward": 1.0}, {"id": "b", "domain": "math", "reward": 0.5}]
+    comparison = compare(before, after, 0)
+    reused = columns(parent, "k", comparison, before, after, parent.name, "rl-stage-4", resampled=False)
+    assert [c["name"] for c in reused] == ["rl-stage-3", "rl-stage-4"]
+    again = columns(parent, "k", comparison, before, after, parent.name, "rl-stage-4", resampled=True)
+    assert [c["name"] for c in again] == ["rl-stage-3", "rl-stage-3 (sampled again)", "rl-stage-4"]
+    assert again[1]["domains"]["math"]["mean"] == 0.5 and again[2]["domains"]["math"]["change"] == 0.25
+    # another suite: nothing is carried, the start is the answers the change is from
+    assert [c["name"] for c in columns(parent, "other", comparison, before, after, parent.name, "rl-stage-4",
+                                       resampled=True)] == ["rl-stage-3", "rl-stage-4"]
+
+
 def test_eval_table_puts_documents_of_one_stage_together_and_rl_rewards_by_domain():
     from stages.eval.results import stages_tables
 
@@ -212,7 +235,8 @@ def test_fail_on_regression_exits_1_after_writing_the_checkpoint(checkpoint, tmp
     assert failed.returncode == 1 and "the next stage should not build on it" in failed.stderr.decode()
     entry = json.loads((tmp_path / "failed" / "lineage.json").read_text())[-1]
     table = entry["metrics"]["regression"]
-    assert [c["name"] for c in table["columns"]] == ["earlier", "failed"]
+    # the parent answered again (its lineage holds no answers of its own): its column, then the change from it
+    assert [c["name"] for c in table["columns"]] == ["earlier", "parent (sampled again)", "failed"]
     assert {f["domain"] for f in table["regressions"]} == {"all", "lowercase"}
 
 

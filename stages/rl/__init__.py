@@ -271,14 +271,14 @@ def rl_command(
                    "reward_model": str(judge) if judge else None}
         before = []
         if heldout_prompts:  # the parent's own "after" answers when it answered this suite the same way
-            before = regression.parent_answers(parent, heldout_prompts, sampled) or cached(run.workdir / "heldout-start.json",
-                                                                                 repr(evaluation), evaluate)
+            reused = regression.parent_answers(parent, heldout_prompts, sampled)
+            before = reused or cached(run.workdir / "heldout-start.json", repr(evaluation), evaluate)
         summary = run.train(trainer)
         results, files, fallen = {}, {}, []
         if heldout_prompts:
             after = evaluate()
             comparison = heldout.compare(before, after, flags.seed)
-            columns = regression.columns(parent, suite, comparison, before, after, parent.name, out.name)
+            columns = regression.columns(parent, suite, comparison, before, after, parent.name, out.name, resampled=not reused)
             tolerance = regression_tolerance if regression_tolerance is not None else table.regression_tolerance
             fallen = regression.regressions(columns, tolerance, flags.seed)
             console.print(regression.show(columns, f"held-out reward by domain after rl stage {stage} ({entry.name}): mean "

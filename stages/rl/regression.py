@@ -6,7 +6,8 @@ picked by a fixed hash so every stage draws the same ones). Rows are domains; co
 stage started from and each stage after it, each cell the mean reward and its change from the column before
 with a paired bootstrap interval. A stage carries its parent's columns forward (from the parent's lineage) when
 the parent was evaluated on the same suite, and reuses the parent's answers as its own "before" when they were
-sampled the same way, since regenerating them would give the same answers.
+sampled the same way, since regenerating them would give the same answers; answered again (another seed), the
+parent gets a second column, the one this stage's change is from.
 
 A domain regresses when its mean falls more than `tolerance` below its best earlier column and the fall is beyond
 noise: the 95% paired bootstrap interval of the change from that column (prompt by prompt: each column keeps its
@@ -72,22 +73,32 @@ def rewards_by_domain(answers: list[dict]) -> dict[str, list[float]]:
 
 
 def columns(parent: Path, key: str, comparison: dict, before: list[dict], after: list[dict], start_name: str,
-            name: str) -> list[dict]:
+            name: str, resampled: bool) -> list[dict]:
     """The table's columns: the parent's (when made on this suite) or the starting model alone, then this stage's;
-    each cell the domain's n, mean reward and per-prompt rewards, and from the second column on its change."""
+    each cell the domain's n, mean reward and per-prompt rewards, and from the second column on its change.
+
+    `resampled`: `before` is not the parent's own answers (another seed or sampling) but the parent answering again.
+    It then gets a column of its own, since this stage's change is measured from it; carried alone, the parent's
+    column would sit beside a change that is not from it."""
     from model.checkpoint import read_lineage
+
+    old = rewards_by_domain(before)
+
+    def start(column_name: str) -> dict:
+        return {"name": column_name, "domains": {d: {"n": row["n"], "mean": row["before"], "rewards": old[d]}
+                                                 for d, row in comparison.items()}}
 
     lineage = read_lineage(parent)
     carried = lineage[-1].get("metrics", {}).get("regression") if lineage else None
-    if not carried or carried.get("suite") != key:
-        old = rewards_by_domain(before)
-        carried = {"columns": [{"name": start_name, "domains": {d: {"n": row["n"], "mean": row["before"], "rewards": old[d]}
-                                                                for d, row in comparison.items()}}]}
+    if carried and carried.get("suite") == key:
+        earlier = carried["columns"] + ([start(f"{start_name} (sampled again)")] if resampled else [])
+    else:
+        earlier = [start(start_name)]
     new_rewards = rewards_by_domain(after)
     new = {"name": name, "domains": {d: {"n": row["n"], "mean": row["after"], "change": row["change"],
                                          "ci_low": row["ci_low"], "ci_high": row["ci_high"], "rewards": new_rewards[d]}
                                      for d, row in comparison.items()}}
-    return carried["columns"] + [new]
+    return earlier + [new]
 
 
 def regressions(table: list[dict], tolerance: float, seed: int = 0) -> list[dict]:
