@@ -146,6 +146,16 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     assert "sft" in table and "gsm8k" in table
 
 
+def test_results_go_beside_the_checkpoint_run_not_into_the_recipe_run(tmp_path):
+    """A seed run's checkpoint D/checkpoints/rl-stage-4 is evaluated into D/eval/, not over runs/tiny/eval/rl-stage-4."""
+    from stages.eval import default_output
+
+    other = tmp_path / "seed-1" / "checkpoints" / "rl-stage-4"
+    assert default_output(str(other), "tiny", None) == tmp_path / "seed-1" / "eval" / "rl-stage-4"
+    assert default_output(str(other), "tiny", str(tmp_path / "run")) == tmp_path / "run" / "eval" / "rl-stage-4"
+    assert default_output(str(tmp_path / "loose"), "tiny", str(tmp_path / "run")) == tmp_path / "run" / "eval" / "loose"
+
+
 def test_missing_benchmark_data_is_bad_input(checkpoint, tmp_path):
     result = granite("eval", checkpoint, "--tasks", "gsm8k", "--data-dir", tmp_path, "-o", tmp_path / "out")
     assert result.returncode == 2 and "make eval-data" in result.stderr.decode()

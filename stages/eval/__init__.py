@@ -39,7 +39,7 @@ app = typer.Typer(cls=options.DefaultCommandGroup, help="Evaluate a checkpoint (
 def eval_command(
     checkpoint: Optional[str] = typer.Argument(None, help="Checkpoint or any local HF causal LM directory (omit with --endpoint)."),
     tasks: str = typer.Option("heldout", "--tasks", help="Comma-separated: gsm8k, mmlu, mmlu_pro, bbh, deepmind_math, humaneval, humaneval_plus, mbpp, mbpp_plus, bfcl, ifeval, heldout, heldout_bpb, ruler, mt_bench, arenahard, alpacaeval (these three need --judge), local:PATH.jsonl."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>, where a checkpoint in X/checkpoints/ without --run-dir writes to X/eval/."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N items of each task."),
@@ -67,8 +67,6 @@ def eval_command(
     device: str = options.DeviceOption,
 ) -> None:
     """Evaluate a model on benchmark tasks; writes results.json and samples.jsonl."""
-    from granite_cli.recipe import load_recipe
-
     if compare and compare not in MODELS:
         raise BadInput(f"--compare takes one of {', '.join(MODELS)}")
     if chat_template not in ("auto", "on", "off"):
@@ -90,7 +88,7 @@ def eval_command(
     grader = make_judge(specs, judge, judge_model, judge_concurrency, device)
     label = stage or default_stage(checkpoint)
     tuned = chat_tuned(checkpoint, endpoint)
-    out = Path(output) if output else load_recipe(recipe, run_dir).paths.eval_dir(Path(checkpoint).name if checkpoint else "endpoint")
+    out = Path(output) if output else default_output(checkpoint, recipe, run_dir)
     settings = {"limit": limit, "batch_size": batch_size, "seed": seed, "fewshot_seed": fewshot_seed, "samples": samples,
                 "data_dir": data_dir}
     results, all_samples = {}, []
@@ -151,6 +149,18 @@ def make_judge(specs: list[TaskSpec], judge: Optional[str], judge_model: Optiona
     from model.generation import open_judge
 
     return open_judge(judge, judge_model, device=device, concurrency=concurrency)
+
+
+def default_output(checkpoint: Optional[str], recipe: str, run_dir: Optional[str]) -> Path:
+    """<run dir>/eval/<checkpoint name>: the run dir --run-dir names, else the one holding the checkpoint
+    (X/checkpoints/NAME -> X/eval/NAME), else the recipe's. Following the checkpoint keeps the evaluation of another
+    run's rl-stage-4 (a seed run in D) from overwriting this run's results of the same name."""
+    from granite_cli.recipe import load_recipe
+    from granite_cli.rundir import RunDir
+
+    if checkpoint and run_dir is None and Path(checkpoint).parent.name == "checkpoints":
+        return RunDir(Path(checkpoint).parent.parent).eval_dir(Path(checkpoint).name)
+    return load_recipe(recipe, run_dir).paths.eval_dir(Path(checkpoint).name if checkpoint else "endpoint")
 
 
 def default_stage(checkpoint: Optional[str]) -> str:
