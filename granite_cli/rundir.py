@@ -41,6 +41,11 @@ class RunDir:
     def checkpoint(self, name: str) -> Path:
         return self.root / "checkpoints" / name
 
+    @classmethod
+    def holding(cls, checkpoint: Path) -> Optional["RunDir"]:
+        """The run directory a checkpoint lies in (RUN/checkpoints/NAME), or None for a checkpoint elsewhere."""
+        return cls(checkpoint.parent.parent) if checkpoint.parent.name == "checkpoints" else None
+
     def pretrain_checkpoint(self, phase: int) -> Path:
         return self.checkpoint(f"pretrain-phase-{phase}")
 

@@ -158,8 +158,9 @@ def default_output(checkpoint: Optional[str], recipe: str, run_dir: Optional[str
     from granite_cli.recipe import load_recipe
     from granite_cli.rundir import RunDir
 
-    if checkpoint and run_dir is None and Path(checkpoint).parent.name == "checkpoints":
-        return RunDir(Path(checkpoint).parent.parent).eval_dir(Path(checkpoint).name)
+    holding = RunDir.holding(Path(checkpoint)) if checkpoint and run_dir is None else None
+    if holding:
+        return holding.eval_dir(Path(checkpoint).name)
     return load_recipe(recipe, run_dir).paths.eval_dir(Path(checkpoint).name if checkpoint else "endpoint")
 
 
