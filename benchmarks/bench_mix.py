@@ -4,9 +4,7 @@ A one-source recipe points at a corpus built from the bundled data, with a token
 one pass over it; throughput is MB of JSONL written per second by each tool. granite runs as users
 run it (the CLI, output to a file) with its per-file token counts already cached (as on
 any rerun or job-array worker after the first); the cold first run, which counts every source once
-more, is reported too. The bundled documents carry a `source` key, which mix replaces, so each is
-serialised again; the same corpus without that key measures the path where a document's line is passed
-on with `source` and `phase` appended. Medians of --repeats runs.
+more, is reported too. Medians of --repeats runs.
 
     python benchmarks/bench_mix.py [--megabytes 100] [--repeats 3]
 """
@@ -14,13 +12,9 @@ on with `source` and `phase` appended. Medians of --repeats runs.
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 from pathlib import Path
-
-import orjson
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, WORK, corpus, median_seconds, save  # noqa: E402
@@ -35,26 +29,10 @@ def one_source_recipe(data: Path, megabytes: int, name: str) -> Path:
     return recipe
 
 
-def untagged(data: Path) -> Path:
-    """The corpus without each document's `source` key."""
-    path = data.with_name(data.name.replace(".jsonl.zst", "-untagged.jsonl.zst"))
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        with open(data, "rb") as raw, open(tmp, "wb") as out, zstandard.ZstdCompressor(level=3).stream_writer(out) as sink:
-            for line in io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)):
-                doc = orjson.loads(line)
-                doc.pop("source", None)
-                sink.write(orjson.dumps(doc) + b"\n")
-        tmp.rename(path)
-    return path
-
-
-def run_mix(recipe: Path) -> float:
-    """Run the mix; MB it wrote."""
+def run_mix(recipe: Path) -> None:
     with open(WORK / "mix-output.jsonl", "wb") as sink:
         subprocess.run([sys.executable, "-m", "granite_cli", "mix", "--phase", "1", "--recipe", str(recipe)],
                        stdout=sink, stderr=subprocess.DEVNULL, check=True, cwd=REPO)
-    return (WORK / "mix-output.jsonl").stat().st_size / 1e6
 
 
 def main() -> None:
@@ -67,24 +45,19 @@ def main() -> None:
     subprocess.run(["rm", "-rf", str(WORK / "bench-mix" / ".cache")], check=True)
     cold = median_seconds(lambda: run_mix(recipe), 1)
     warm = median_seconds(lambda: run_mix(recipe), args.repeats)
-    mixed_mb = (WORK / "mix-output.jsonl").stat().st_size / 1e6
-    plain_recipe = one_source_recipe(untagged(data), args.megabytes, "bench-mix-untagged")
-    untagged_mb = run_mix(plain_recipe)  # counts the source once
-    plain = median_seconds(lambda: run_mix(plain_recipe), args.repeats)
 
     def zstd():
         with open("/dev/null", "wb") as sink:
             subprocess.run(["zstd", "-dc", str(data)], stdout=sink, check=True)
 
     baseline = median_seconds(zstd, args.repeats)
+    mixed_mb = (WORK / "mix-output.jsonl").stat().st_size / 1e6
     rates = {"granite_mix": mixed_mb / warm, "granite_mix_cold": mixed_mb / cold, "zstd_dc": args.megabytes / baseline}
-    rates["granite_mix_untagged"] = untagged_mb / plain
     save("mix", {
         "corpus_mb_uncompressed": args.megabytes, "granite_output_mb": mixed_mb,
-        "median_seconds": {"granite_mix": warm, "granite_mix_cold": cold, "granite_mix_untagged": plain, "zstd_dc": baseline},
+        "median_seconds": {"granite_mix": warm, "granite_mix_cold": cold, "zstd_dc": baseline},
         "mb_per_second": rates, "ratio_granite_vs_zstd": rates["granite_mix"] / rates["zstd_dc"],
-        "ratio_cold_granite_vs_zstd": rates["granite_mix_cold"] / rates["zstd_dc"],
-        "ratio_untagged_granite_vs_zstd": rates["granite_mix_untagged"] / rates["zstd_dc"], "goal": ">= 0.5",
+        "ratio_cold_granite_vs_zstd": rates["granite_mix_cold"] / rates["zstd_dc"], "goal": ">= 0.5",
     })
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-import orjson
 import typer
 from rich.table import Table
 
@@ -42,7 +41,7 @@ from granite_cli.data.records import ErrorPolicy, dumps, record_writer
 from granite_cli.data.sources import Part, read_split, worker_parts
 
 SHUFFLE_BUFFER = 1024
-WRITE_EVERY = 1024  # documents written (and progress shown) at a time: a write per document took 7% of the time
+PROGRESS_EVERY = 1024  # documents between progress-bar updates (a per-document update costs ~10% of the run)
 MAX_PASSES = 32  # documents a source may pass over, near its target, looking for one that fits
 RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 
@@ -108,16 +107,13 @@ def mix_command(
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
         task = bar.add_task(f"mix phase {phase}" + (f" stage {stage}" if stage else ""), total=int(sum(mine.values())), rate="")
-        pending, lines = 0, []
-        for cursor, doc, line, n_tokens in stream:
-            lines.append(output_line(doc, line, cursor, phase, stage))
+        pending = 0
+        for position, (cursor, doc, n_tokens) in enumerate(stream):
+            sink.write(dumps(output_document(doc, cursor, phase, stage)))
             pending += n_tokens
-            if len(lines) == WRITE_EVERY:
-                sink.write(b"".join(lines))
+            if position % PROGRESS_EVERY == 0:
                 bar.advance(task, pending)
-                pending, lines = 0, []
-        sink.write(b"".join(lines))
-        bar.advance(task, pending)
+                pending = 0
         report = mix_report(loaded, phase, stage, budget, cursors, available, seed, index, count)
         misses = tolerance_misses(report, loaded.mix_tolerance)
         if misses and on_miss == "fail":  # raised inside: a file output is not published
@@ -147,10 +143,10 @@ def write_heldout(recipe: Recipe, phase: Optional[int], seed: int, output: Optio
                             parts=worker_parts(_declared(recipe, name), 0, 1)) for name in names]
     with record_writer(_output_path(output, 0, 1)) as sink:
         for cursor in cursors:
-            for cursor.epoch, doc, line in cursor.documents:
+            for cursor.epoch, doc in cursor.documents:
                 cursor.emitted_tokens += counter.count(doc["text"])
                 cursor.emitted_docs += 1
-                sink.write(output_line(doc, line, cursor, "heldout"))
+                sink.write(dumps(output_document(doc, cursor, "heldout")))
     policy.report()
     table = Table(title=f"held-out split: {recipe.name} ({100 * recipe.heldout_fraction:g}% of documents)", title_justify="left")
     for column in ("source", "tokens", "documents"):
@@ -224,7 +220,7 @@ def available_tokens(sources: dict[str, Source], parts: dict[str, list[Part]], c
             key = hashlib.sha256(f"{part.key()}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
                                  f"{source.text_field}|{fraction}".encode()).hexdigest()
             if key not in cache or stat is None:
-                cache[key] = sum(counter.count(doc["text"]) for doc, _ in read_split(part, source, policy, fraction, False))
+                cache[key] = sum(counter.count(doc["text"]) for doc in read_split(part, source, policy, fraction, False))
                 changed = True
             available[name] += cache[key]
     if changed:
@@ -270,12 +266,12 @@ class SourceCursor:
     emitted_docs: int = 0
     epoch: int = 0
     passed: int = 0
-    documents: Iterator[tuple[int, dict, Optional[bytes]]] = field(init=False)  # (epoch, document, its JSONL line)
+    documents: Iterator[tuple[int, dict]] = field(init=False)
 
     def __post_init__(self):
         self.documents = self._epochs()
 
-    def _epochs(self) -> Iterator[tuple[int, dict, Optional[bytes]]]:
+    def _epochs(self) -> Iterator[tuple[int, dict]]:
         epochs = 1 if self.heldout else math.ceil(self.source.max_repetition)
         for epoch in range(epochs):
             index, count = self.worker
@@ -284,16 +280,16 @@ class SourceCursor:
             rng.shuffle(parts)
             docs = itertools.chain.from_iterable(read_split(p, self.source, self.policy, self.fraction, self.heldout)
                                                  for p in parts)
-            for doc, line in shuffle_buffer(docs, rng, SHUFFLE_BUFFER):
-                yield epoch, doc, line
+            for doc in shuffle_buffer(docs, rng, SHUFFLE_BUFFER):
+                yield epoch, doc
 
     def behind(self) -> float:
         return self.emitted_tokens / self.target
 
 
-def shuffle_buffer(items: Iterator, rng: random.Random, size: int) -> Iterator:
+def shuffle_buffer(items: Iterator[dict], rng: random.Random, size: int) -> Iterator[dict]:
     """Shuffle a stream with a bounded buffer: each new item swaps out a random buffered one."""
-    buffer: list = []
+    buffer: list[dict] = []
     for item in items:
         if len(buffer) < size:
             buffer.append(item)
@@ -305,8 +301,8 @@ def shuffle_buffer(items: Iterator, rng: random.Random, size: int) -> Iterator:
     yield from buffer
 
 
-def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict, Optional[bytes], int]]:
-    """Yield (cursor, document, its line, tokens), always from the source furthest behind its target.
+def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict, int]]:
+    """Yield (cursor, document, tokens), always from the source furthest behind its target.
 
     A document that would overshoot its source's target by more than the source's slack (half the
     recipe's tolerance) is passed over; a source is done once it is within its slack of the target,
@@ -319,7 +315,7 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
         item = next(cursor.documents, None)
         if item is None:
             continue
-        cursor.epoch, doc, line = item
+        cursor.epoch, doc = item
         n_tokens = cursor.counter.count(doc["text"])
         if cursor.emitted_tokens + n_tokens > cursor.target + cursor.slack:
             cursor.passed += 1
@@ -329,12 +325,12 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
         cursor.passed = 0
         cursor.emitted_tokens += n_tokens
         cursor.emitted_docs += 1
-        yield cursor, doc, line, n_tokens
+        yield cursor, doc, n_tokens
         if cursor.emitted_tokens < cursor.target - cursor.slack:
             heapq.heappush(heap, (cursor.behind(), order, cursor))
 
 
-def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[SourceCursor, dict, Optional[bytes], int]]:
+def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[SourceCursor, dict, int]]:
     """Bring every source's share of the emitted total within the tolerance, once each met its target in tokens.
 
     Meeting each target within its slack still leaves the shares of what was emitted off when the
@@ -362,13 +358,13 @@ def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[Sour
             item = next(cursor.documents, None)
             if item is None:
                 break
-            epoch, doc, line = item
+            epoch, doc = item
             n_tokens = cursor.counter.count(doc["text"])
             if (cursor.emitted_tokens + n_tokens) / (total + n_tokens) - share[id(cursor)] <= margin:
                 cursor.epoch = epoch
                 cursor.emitted_tokens += n_tokens
                 cursor.emitted_docs += 1
-                yield cursor, doc, line, n_tokens
+                yield cursor, doc, n_tokens
                 break
         else:
             exhausted.add(id(cursor))
@@ -377,19 +373,16 @@ def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[Sour
             exhausted.add(id(cursor))
 
 
-ADDED_KEYS = frozenset(("source", "phase", "stage", "repeat"))
-
-
-def output_line(doc: dict, line: Optional[bytes], cursor: SourceCursor, phase, stage: Optional[str] = None) -> bytes:
-    """The document's JSONL line as emitted: `source` is the recipe's source name, `phase` (and `stage`) where it
-    goes; a repeated pass is marked. A document read from a line that has none of these keys keeps that line, the
-    keys appended, instead of being serialised again (which took an eighth of mix's time)."""
-    added = {"source": cursor.source.name, "phase": phase, **({"stage": stage} if stage else {}),
-             **({"repeat": cursor.epoch} if cursor.epoch else {})}
-    if line is None or not ADDED_KEYS.isdisjoint(doc):
-        doc.update(added)
-        return dumps(doc)
-    return line.rstrip()[:-1] + b"," + orjson.dumps(added)[1:] + b"\n"
+def output_document(doc: dict, cursor: SourceCursor, phase, stage: Optional[str] = None) -> dict:
+    """The document as emitted: `source` is the recipe's source name, `phase` (and `stage`) where it goes; a repeated
+    pass is marked."""
+    doc["source"] = cursor.source.name
+    doc["phase"] = phase
+    if stage:
+        doc["stage"] = stage
+    if cursor.epoch:
+        doc["repeat"] = cursor.epoch
+    return doc
 
 
 def _output_path(output: Optional[str], index: int, count: int) -> Optional[str]:

@@ -102,7 +102,7 @@ def test_plain_files_are_split_into_byte_ranges_each_document_read_by_one_worker
     recipe.write_text(f'[sources.web]\npaths = ["{data}/web-*.jsonl"]\n[sources.code]\npaths = ["{data}/code-*.jsonl"]\n'
                       '[[phases]]\nnumber = 1\ntokens = "40K"\n[phases.mixture]\nweb = 70\ncode = 30\n')
     source = load_recipe(str(recipe), str(tmp_path / "run")).sources["web"]
-    seen = [[d["id"] for p in worker_parts(source, i, 3) for d, _ in read_part(p, source, ErrorPolicy())] for i in range(3)]
+    seen = [[d["id"] for p in worker_parts(source, i, 3) for d in read_part(p, source, ErrorPolicy())] for i in range(3)]
     everything = [json.loads(line)["id"] for f in sorted(data.glob("web-*.jsonl")) for line in f.read_text().splitlines()]
     assert sorted(sum(seen, [])) == sorted(everything)  # every document once: none lost, none read twice
     assert all(len(ids) > 300 for ids in seen)  # and each worker about a third
@@ -134,25 +134,6 @@ def test_repetition_is_reported_and_marked(tmp_path):
     repeated_sources = {d["source"] for d in records(raw) if d.get("repeat")}
     over_one_pass = {name for name, row in report["sources"].items() if row["repetitions"] > 1.0}
     assert repeated_sources and repeated_sources == over_one_pass
-
-
-def test_a_document_line_is_passed_on_with_the_keys_appended_unless_it_has_them():
-    """The raw-line path: a line without source/phase/stage/repeat keeps its bytes (spacing, escapes) and gets them
-    appended; a line that has one of them is serialised again, so no key ever appears twice."""
-    from types import SimpleNamespace
-
-    from stages.mix import output_line
-
-    cursor = SimpleNamespace(source=SimpleNamespace(name="web"), epoch=0)
-    plain = b'{"id": "a",  "text": "caf\\u00e9\\n"}\r\n'
-    assert output_line(orjson.loads(plain), plain, cursor, 2) == b'{"id": "a",  "text": "caf\\u00e9\\n","source":"web","phase":2}\n'
-    cursor.epoch = 1
-    line = output_line(orjson.loads(plain), plain, cursor, 5, "4K")
-    assert line.startswith(b'{"id": "a",  "text"') and orjson.loads(line) == {"id": "a", "text": "caf\u00e9\n", "source": "web",
-                                                                               "phase": 5, "stage": "4K", "repeat": 1}
-    tagged = b'{"id": "b", "source": "crawl", "text": "x"}\n'
-    assert output_line(orjson.loads(tagged), tagged, cursor, 2) == b'{"id":"b","source":"web","text":"x","phase":2,"repeat":1}\n'
-    assert output_line({"id": "c", "text": "y"}, None, cursor, 2) == b'{"id":"c","text":"y","source":"web","phase":2,"repeat":1}\n'
 
 
 def test_dry_run_reads_no_data(tmp_path):

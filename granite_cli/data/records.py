@@ -12,9 +12,7 @@ import contextlib
 import gzip
 import io
 import os
-import queue
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -28,7 +26,6 @@ from granite_cli.errors import BadInput, ReaderGone
 
 STDIO = "-"
 READ_CHUNK = 1 << 20
-ZSTD_READ = 1 << 18  # compressed bytes decompressed at a time: about 1 MB of text, so read-ahead holds a few MB
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -41,95 +38,53 @@ def open_binary(path: str) -> IO[bytes]:
         raise BadInput("is a directory; give the record files in it (JSONL, .jsonl.zst or .jsonl.gz)", path)
     raw = open(path, "rb")
     if path.endswith(".zst"):
-        return io.BufferedReader(ReadAhead(zstd_frames(raw), on_close=raw.close), buffer_size=READ_CHUNK)
+        return io.BufferedReader(ZstdFrames(raw), buffer_size=READ_CHUNK)
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     return raw
 
 
-def zstd_frames(raw: IO[bytes]) -> Iterator[bytes]:
+class ZstdFrames(io.RawIOBase):
     """Decompress a .zst stream frame by frame, and call a frame that the input ends inside truncated.
 
     zstandard's stream reader returns what it has when the input stops at a block boundary inside a
-    frame, so a file cut there would read as complete (`zstd -t` calls it truncated); this raises
-    instead. Several concatenated frames (`cat a.zst b.zst`) read as one stream.
-    """
-    frame = None
-    while chunk := raw.read(ZSTD_READ):
-        out = []
-        while chunk:
-            if frame is None:
-                frame = zstandard.ZstdDecompressor().decompressobj()
-            out.append(frame.decompress(chunk))
-            chunk = b""
-            if frame.eof:  # this frame is whole; what follows starts the next one
-                chunk, frame = frame.unused_data, None
-        yield b"".join(out)
-    if frame is not None:
-        raise EOFError("the input ends inside a zstd frame: the file is truncated")
-
-
-class ReadAhead(io.RawIOBase):
-    """A stream whose bytes a background thread produces, up to `depth` chunks ahead of the reader.
-
-    zstandard releases the GIL while it decompresses, so a .zst file is decompressed on one core while
-    the reader parses its lines on another (decompression is a fifth of `granite mix`'s time otherwise).
-    An error of the producer (a truncated or corrupt file) is raised to the reader once it has read
-    everything before it; closing the stream stops the producer and then calls `on_close`.
+    frame, so a file cut there would read as complete (`zstd -t` calls it truncated); this reader
+    raises instead. Several concatenated frames (`cat a.zst b.zst`) read as one stream.
     """
 
-    def __init__(self, chunks: Iterator[bytes], on_close=None, depth: int = 4):
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._on_close, self._done = on_close, False
-        self.pending, self.offset = memoryview(b""), 0  # produced bytes not yet handed out
-        self._thread = threading.Thread(target=self._produce, args=(chunks,), daemon=True)
-        self._thread.start()
-
-    def _produce(self, chunks: Iterator[bytes]) -> None:
-        try:
-            for chunk in chunks:
-                if not self._put(chunk):
-                    return
-            self._put(None)
-        except BaseException as err:  # raised to the reader in readinto
-            self._put(err)
-
-    def _put(self, item) -> bool:
-        """Queue an item; False once the reader has closed the stream."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.frame = raw, None
+        self.pending, self.offset = memoryview(b""), 0  # decompressed bytes not yet handed out
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         while self.offset == len(self.pending):
-            if self._done:
+            chunk = self.raw.read(READ_CHUNK)
+            if not chunk:
+                if self.frame is not None:
+                    raise EOFError("the input ends inside a zstd frame: the file is truncated")
                 return 0
-            item = self._queue.get()
-            if item is None or isinstance(item, BaseException):
-                self._done = True
-                if item is None:
-                    return 0
-                raise item
-            self.pending, self.offset = memoryview(item), 0
+            self.pending, self.offset = memoryview(self._decompress(chunk)), 0
         size = min(len(buffer), len(self.pending) - self.offset)
         buffer[:size] = self.pending[self.offset:self.offset + size]
         self.offset += size
         return size
 
+    def _decompress(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            if self.frame is None:
+                self.frame = zstandard.ZstdDecompressor().decompressobj()
+            out.append(self.frame.decompress(chunk))
+            chunk = b""
+            if self.frame.eof:  # this frame is whole; what follows starts the next one
+                chunk, self.frame = self.frame.unused_data, None
+        return b"".join(out)
+
     def close(self) -> None:
-        if not self.closed:
-            self._stop.set()
-            self._thread.join()
-            if self._on_close is not None:
-                self._on_close()
+        self.raw.close()
         super().close()
 
 

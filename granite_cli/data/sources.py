@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Source
-from granite_cli.data.records import ErrorPolicy, iter_lines, iter_range_lines, parse_line
+from granite_cli.data.records import ErrorPolicy, iter_range_lines, parse_line, read_records
 
 PARQUET_BATCH = 1024
 
@@ -80,47 +80,40 @@ def _size(unit: str) -> int:
     return os.path.getsize(unit) if os.path.exists(unit) else 0
 
 
-def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[tuple[dict, Optional[bytes]]]:
-    """(document, line) of each document of one worker's part of a unit. `line` is the JSONL line the document was
-    parsed from, which a writer may pass on instead of serialising the document again; None for Parquet and
-    datasets, and where the text field was renamed to `text`."""
+def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
+    """The documents of one worker's part of a unit."""
     if part.end is not None:
-        yield from _read_lines(iter_range_lines(part.unit, part.start, part.end), f"{part.unit}[bytes {part.start}:{part.end}]",
-                               source, policy)
+        label = f"{part.unit}[bytes {part.start}:{part.end}]"
+        for line_no, line in iter_range_lines(part.unit, part.start, part.end):
+            if line.strip():
+                record = parse_line(line, label, line_no, policy, require_text=False)
+                if record is not None and (doc := _with_text(record, source, label, policy)) is not None:
+                    yield doc
         return
-    if part.unit.startswith("hf:"):
-        docs = ((doc, None) for doc in _read_hf(part.unit[3:], source))
-    elif part.unit.endswith(".parquet"):
-        docs = ((doc, None) for doc in _read_parquet(part.unit, source))
-    else:
-        docs = _read_lines(iter_lines(part.unit), part.unit, source, policy)
-    for position, item in enumerate(docs):
+    for position, doc in enumerate(read_unit(part.unit, source, policy)):
         if position % part.stride == part.offset:
-            yield item
+            yield doc
 
 
-def _read_lines(lines: Iterator[tuple[int, bytes]], label: str, source: Source,
-                policy: ErrorPolicy) -> Iterator[tuple[dict, Optional[bytes]]]:
-    """(document, line) of each JSONL line with a string text field; a bad line goes to the error policy."""
-    renamed = source.text_field != "text"
-    for line_no, line in lines:
-        if not line.strip():
-            continue
-        record = parse_line(line, label, line_no, policy, require_text=False)
-        if record is None:
-            continue
-        if renamed:
-            record["text"] = record.pop(source.text_field, None)
-        if isinstance(record.get("text"), str):
-            yield record, None if renamed else line
-        else:
-            policy.bad(BadInput(f"record has no string {source.text_field!r} field", label, line_no), "no text")
+def _with_text(record: dict, source: Source, where: str, policy: ErrorPolicy) -> Optional[dict]:
+    if source.text_field != "text":
+        record["text"] = record.pop(source.text_field, None)
+    if not isinstance(record.get("text"), str):
+        policy.bad(BadInput(f"record has no string {source.text_field!r} field", where), "no text")
+        return None
+    return record
 
 
 def read_unit(unit: str, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
-    """The documents of one whole file (or dataset) with a string `text` field."""
-    for doc, _ in read_part(Part(unit), source, policy):
-        yield doc
+    """Yield the documents of one file (or dataset) with a string `text` field."""
+    if unit.startswith("hf:"):
+        yield from _read_hf(unit[3:], source)
+    elif unit.endswith(".parquet"):
+        yield from _read_parquet(unit, source)
+    else:
+        for record in read_records([unit], policy, require_text=source.text_field == "text"):
+            if (doc := _with_text(record, source, unit, policy)) is not None:
+                yield doc
 
 
 def _read_parquet(path: str, source: Source) -> Iterator[dict]:
@@ -162,9 +155,8 @@ def is_heldout(doc: dict, source: Source, fraction: float) -> bool:
     return bucket < fraction * 2**64
 
 
-def read_split(part: Part, source: Source, policy: ErrorPolicy, fraction: float,
-               heldout: bool) -> Iterator[tuple[dict, Optional[bytes]]]:
-    """(document, line) of the documents of one part in the training split (heldout=False) or the held-out split."""
-    for doc, line in read_part(part, source, policy):
+def read_split(part: Part, source: Source, policy: ErrorPolicy, fraction: float, heldout: bool) -> Iterator[dict]:
+    """The documents of one part in the training split (heldout=False) or the held-out split."""
+    for doc in read_part(part, source, policy):
         if is_heldout(doc, source, fraction) == heldout:
-            yield doc, line
+            yield doc
