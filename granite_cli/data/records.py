@@ -26,6 +26,7 @@ from granite_cli.errors import BadInput, ReaderGone
 
 STDIO = "-"
 READ_CHUNK = 1 << 20
+WRITE_BUFFER = 1 << 20
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -206,15 +207,29 @@ def dumps(record: dict) -> bytes:
     return orjson.dumps(record) + b"\n"
 
 
+def _stdout_sink() -> IO[bytes]:
+    """Standard output with a 1 MB buffer of its own. Python's is 8 KB, or none at all under PYTHONUNBUFFERED (which
+    containers often set): a system call per record then took a tenth of `granite mix`'s time."""
+    try:
+        return open(sys.stdout.fileno(), "wb", buffering=WRITE_BUFFER, closefd=False)
+    except (AttributeError, OSError, ValueError):  # stdout replaced by an object without a file descriptor
+        return sys.stdout.buffer
+
+
 @contextlib.contextmanager
 def record_writer(path: str | None) -> Iterator[IO[bytes]]:
     """A binary sink for JSONL lines: stdout for None or '-', else an atomically written file."""
     if path in (None, STDIO):
+        sink = _stdout_sink()
         try:
-            yield sys.stdout.buffer
-            sys.stdout.buffer.flush()
+            yield sink
+            sink.flush()
         except BrokenPipeError as err:
             raise ReaderGone() from err
+        finally:
+            if sink is not sys.stdout.buffer:
+                with contextlib.suppress(BrokenPipeError):
+                    sink.close()  # closes the buffer, not stdout
         return
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as raw:
         if path.endswith(".zst"):
