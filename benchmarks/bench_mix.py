@@ -4,7 +4,7 @@ A one-source recipe points at a corpus built from the bundled data, with a token
 one pass over it; throughput is MB of JSONL written per second by each tool. granite runs as users
 run it (the CLI, output to a file) with its per-file token counts already cached (as on
 any rerun or job-array worker after the first); the cold first run, which counts every source once
-more, is reported too. Medians of --repeats runs.
+more, is reported too. Medians of --repeats rounds, granite and zstd taking turns in each.
 
     python benchmarks/bench_mix.py [--megabytes 100] [--repeats 3]
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import REPO, WORK, corpus, median_seconds, save  # noqa: E402
+from benchmarks.common import REPO, WORK, alternating_medians, corpus, median_seconds, save  # noqa: E402
 
 
 def one_source_recipe(data: Path, megabytes: int, name: str) -> Path:
@@ -44,13 +44,13 @@ def main() -> None:
     recipe = one_source_recipe(data, args.megabytes, "bench-mix")
     subprocess.run(["rm", "-rf", str(WORK / "bench-mix" / ".cache")], check=True)
     cold = median_seconds(lambda: run_mix(recipe), 1)
-    warm = median_seconds(lambda: run_mix(recipe), args.repeats)
 
     def zstd():
         with open("/dev/null", "wb") as sink:
             subprocess.run(["zstd", "-dc", str(data)], stdout=sink, check=True)
 
-    baseline = median_seconds(zstd, args.repeats)
+    medians = alternating_medians({"granite": lambda: run_mix(recipe), "zstd": zstd}, args.repeats)
+    warm, baseline = medians["granite"], medians["zstd"]
     mixed_mb = (WORK / "mix-output.jsonl").stat().st_size / 1e6
     rates = {"granite_mix": mixed_mb / warm, "granite_mix_cold": mixed_mb / cold, "zstd_dc": args.megabytes / baseline}
     save("mix", {

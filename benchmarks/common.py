@@ -60,6 +60,18 @@ def median_seconds(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def alternating_medians(tools: dict, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of each tool's run, the tools taking turns in every round: a machine whose speed drifts
+    (another tenant, frequency scaling) then slows every tool alike instead of whichever ran last."""
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    for _ in range(repeats):
+        for name, fn in tools.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def save(name: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, **result}
