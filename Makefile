@@ -137,6 +137,7 @@ bench: install
 	$(PY) benchmarks/bench_sandbox.py
 	$(PY) benchmarks/bench_rl.py
 	$(PY) benchmarks/bench_reward_model.py
+	$(PY) benchmarks/summary.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -77,7 +77,7 @@ def main() -> None:
     if not isolation().available:
         raise SystemExit(f"no sandbox on this machine: {isolation().reason}")
     sandboxed = lambda program: run_python(program).passed  # noqa: E731
-    report = {"workers": os.cpu_count(), "programs": args.programs}
+    report = {"workers": os.cpu_count(), "programs": args.programs, "goal": "the price of isolation, stated"}
     for name, programs in (("trivial", ["pass"] * args.programs), ("humaneval", humaneval_programs(args.programs))):
         ours, ours_passed = programs_per_second(sandboxed, programs, args.rounds)
         theirs, theirs_passed = programs_per_second(bare_subprocess, programs, args.rounds)

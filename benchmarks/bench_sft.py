@@ -127,7 +127,8 @@ def main() -> None:
                  "same_trained_tokens_per_epoch": all(expected_trained == r["trained_tokens_per_epoch"] for r in trl.values()),
                  "ratio_same_setting": {s: rate(granite, s) / rate(trl, s) for s in granite},
                  "best": {"granite": best_granite, "trl": best_trl},
-                 "ratio_best_vs_best": rate(granite, best_granite) / rate(trl, best_trl)})
+                 "ratio_best_vs_best": rate(granite, best_granite) / rate(trl, best_trl),
+                 "goal": ">= 1.2 (best against best), the same trained tokens"})
 
 
 if __name__ == "__main__":
