@@ -26,6 +26,28 @@ def test_a_program_passes_fails_or_times_out_with_the_reason():
     assert timed_out.status == "timeout" and not timed_out.passed
 
 
+def test_a_program_that_does_not_compile_fails_as_in_the_sandbox_without_starting_one(monkeypatch):
+    """Compiled first in this process (which runs none of its code): the verdict and reason the sandbox gives, at no
+    sandbox's cost; a null byte (no command line carries one) fails instead of raising."""
+    import subprocess
+
+    broken = ["def f(:\n    return 1", "return 1", "  x = 1", "print('a\x00b')"]
+    in_sandbox = run_python("exec(compile(" + repr(broken[0]) + ", '<string>', 'exec'))")
+    assert in_sandbox.status == "failed" and in_sandbox.detail == "SyntaxError: invalid syntax"
+
+    def no_sandbox(*args, **kwargs):
+        raise AssertionError("a sandbox was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_sandbox)
+    outcomes = [run_python(program) for program in broken]
+    assert [o.status for o in outcomes] == ["failed"] * 4
+    assert [o.detail for o in outcomes[:3]] == ["SyntaxError: invalid syntax", "SyntaxError: 'return' outside function",
+                                                "IndentationError: unexpected indent"]
+    assert "null byte" in outcomes[3].detail
+    with pytest.raises(AssertionError, match="a sandbox was started"):  # a program that compiles still runs there
+        run_python("x = 1")
+
+
 def test_writes_outside_the_scratch_directory_fail_and_nothing_reaches_the_host(tmp_path):
     marker = tmp_path / "escaped"
     outcome = run(f"""
