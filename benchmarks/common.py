@@ -52,12 +52,7 @@ def tokenizer() -> Path:
 
 
 def median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return alternating_medians({"run": fn}, repeats)["run"]
 
 
 def alternating_medians(tools: dict, repeats: int = 3) -> dict[str, float]:
