@@ -50,12 +50,47 @@ class Sampling:
         """What requests must share to be decoded in one batch."""
         return (self.temperature, self.top_p, self.stop, self.seed if self.temperature > 0 else 0)
 
-    def decoding(self) -> dict:
-        """transformers' generate arguments for this decoding: greedy, or sampling at a temperature and top-p
-        (top_k 0: transformers would otherwise cut sampling to its default 50 most likely tokens)."""
+    def decoding(self, seed_offset: int = 0) -> dict:
+        """transformers' generate arguments for this decoding: greedy, or sampling at a temperature and top-p drawn
+        by `Draw` (seeded with the request's seed plus `seed_offset`, the batch's place among its key's rows)."""
         if self.temperature > 0:
-            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+            return {"do_sample": False, "logits_processor": [Draw(self.temperature, self.top_p, self.seed + seed_offset)]}
         return {"do_sample": False}
+
+
+class Draw:
+    """A transformers logits processor that samples the next token itself and leaves only that token a finite
+    score, so generate's greedy step takes it.
+
+    Why not generate's own sampling: it calls torch.multinomial, which on CPU draws one exponential variate per
+    vocabulary entry, 39 ms a step for rl's 128 rows x 8,192 tokens (60% of a rollout on 2 cores). Inverse-CDF
+    sampling draws one uniform number per row (under 1 ms). The distribution is the same: softmax(logits /
+    temperature), cut to the nucleus (the most likely tokens whose mass first reaches top-p, as transformers' top-p
+    keeps), renormalised; no top-k cut. The generator is the processor's own, so sampling never reseeds torch's
+    global one."""
+
+    def __init__(self, temperature: float, top_p: float, seed: int):
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.generator = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.generator is None:  # made on the first step, on the device the scores are on
+            self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        order = None
+        if self.top_p < 1:
+            probs, order = probs.sort(dim=-1, descending=True)
+            probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p, 0.0)  # the mass before it already reaches top-p
+        cumulative = probs.cumsum(-1)
+        total = cumulative[:, -1:]
+        point = torch.rand(total.shape, generator=self.generator, device=scores.device) * total
+        point = torch.minimum(point, torch.nextafter(total, torch.zeros_like(total)))  # below the total: a token of mass > 0
+        chosen = torch.searchsorted(cumulative, point, right=True)
+        if order is not None:
+            chosen = order.gather(1, chosen)
+        return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
 
 
 @dataclass
@@ -181,13 +216,11 @@ class LocalEngine:
         scored = any(s.logprobs or s.top_logprobs for s in settings)
         with torch.no_grad():
             encoded, cache = self._prefill(prompts)
-            if first.temperature > 0:
-                torch.manual_seed(first.seed + offset)
             out = self.model.generate(
                 **encoded, **cache, max_new_tokens=max(s.max_new_tokens for s in settings),
                 stop_strings=list(first.stop) or None, tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id, return_dict_in_generate=True, output_logits=scored,
-                **first.decoding())
+                **first.decoding(offset))
         new = out.sequences[:, encoded["input_ids"].shape[1]:]
         chosen, top = _token_scores(out.logits, new, max(s.top_logprobs for s in settings)) if scored else (None, None)
         return [self._completion(new[row], chosen, top, row, settings[row]) for row in range(len(prompts))]
@@ -251,7 +284,6 @@ class LocalEngine:
 
         def generate():
             try:
-                torch.manual_seed(s.seed)
                 with torch.no_grad():
                     self.model.generate(**inputs, streamer=streamer, max_new_tokens=s.max_new_tokens,
                                         stop_strings=list(s.stop) or None, tokenizer=self.tokenizer,

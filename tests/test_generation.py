@@ -2,7 +2,7 @@
 
 import torch
 
-from model.generation import LocalEngine, Request, Sampling
+from model.generation import Draw, LocalEngine, Request, Sampling
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "1, 2, 3,"]
 
@@ -99,3 +99,31 @@ def test_samples_of_one_prompt_share_its_prefill_and_draw_what_separate_prefills
     for r, s in zip(shared, separate):
         for a, b in zip(r, s):
             assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+def test_draw_samples_the_tempered_softmax_within_transformers_nucleus():
+    """Drawn frequencies over 40,000 rows match softmax(logits / temperature) renormalised over the tokens that
+    transformers' own top-p keeps (4 standard errors at most); a token outside the nucleus is never drawn."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = torch.tensor([0.5, 2.0, -3.0, 1.0, 0.0, -1.0, 1.5])  # not in order: the nucleus path maps indices back
+    rows = 40_000
+    for temperature, top_p in ((0.7, 1.0), (1.3, 0.8), (1.0, 0.5)):
+        scores = Draw(temperature, top_p, seed=0)(None, logits.repeat(rows, 1))
+        assert torch.isfinite(scores).sum(1).eq(1).all()  # one token left to the greedy step, per row
+        drawn = torch.bincount(scores.argmax(1), minlength=len(logits)).double() / rows
+        kept = torch.isfinite(TopPLogitsWarper(top_p)(None, (logits / temperature)[None]))[0] if top_p < 1 else torch.ones(len(logits), dtype=torch.bool)
+        expected = torch.softmax(logits / temperature, -1).double() * kept
+        expected /= expected.sum()
+        assert drawn[~kept].sum() == 0
+        assert ((drawn - expected).abs() <= 4 * (expected * (1 - expected) / rows).sqrt() + 1e-12).all(), (drawn, expected)
+    again = Draw(1.0, 1.0, seed=5)
+    assert torch.equal(again(None, logits.repeat(64, 1)), Draw(1.0, 1.0, seed=5)(None, logits.repeat(64, 1)))
+    assert not torch.equal(again(None, logits.repeat(64, 1)), Draw(1.0, 1.0, seed=5)(None, logits.repeat(64, 1)))  # a new draw each step
+
+
+def test_sampling_leaves_torchs_global_generator_alone(checkpoint):
+    engine = LocalEngine(str(checkpoint), device="cpu")
+    before = torch.get_rng_state()
+    engine.generate([Request(prompt=PROMPTS[0], sampling=Sampling(max_new_tokens=6, temperature=1.0, seed=2, n=3))])
+    assert torch.equal(torch.get_rng_state(), before)
