@@ -24,16 +24,20 @@ def test_a_batch_of_mixed_settings_gives_each_request_its_own(checkpoint):
     assert [c.token_ids for c in again] == [c.token_ids for c in mixed[2]]  # the seed makes sampling repeatable
 
 
-def test_logprobs_are_the_models_own(checkpoint):
+def test_logprobs_are_the_models_own_in_a_batch_whose_rows_end_at_different_steps(checkpoint):
     engine = LocalEngine(str(checkpoint), device="cpu")
-    [[completion]] = engine.generate([Request(prompt=PROMPTS[0], sampling=Sampling(max_new_tokens=8, temperature=1.0, seed=1, logprobs=True))])
-    prompt_ids = engine.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + completion.token_ids])
-    with torch.no_grad():
-        logprobs = torch.log_softmax(engine.model(input_ids=ids).logits.float(), -1)[0]
-    expected = [float(logprobs[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(completion.token_ids)]
-    assert torch.allclose(torch.tensor(completion.logprobs), torch.tensor(expected), atol=1e-4)
-    assert engine.tokenizer.decode(completion.token_ids, skip_special_tokens=True) == completion.text
+    budgets = (8, 3, 6, 11)  # rows leave the batch at different steps (their cache rows with them)
+    results = engine.generate([Request(prompt=p, sampling=Sampling(max_new_tokens=m, temperature=1.0, seed=1, logprobs=True))
+                               for p, m in zip(PROMPTS, budgets)])
+    for prompt, budget, [completion] in zip(PROMPTS, budgets, results):
+        assert 0 < len(completion.token_ids) <= budget
+        prompt_ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + completion.token_ids])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(engine.model(input_ids=ids).logits.float(), -1)[0]
+        expected = [float(logprobs[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(completion.token_ids)]
+        assert torch.allclose(torch.tensor(completion.logprobs), torch.tensor(expected), atol=1e-4)
+        assert engine.tokenizer.decode(completion.token_ids, skip_special_tokens=True) == completion.text
 
 
 def test_a_stop_string_ends_the_text_and_its_tokens(checkpoint):
@@ -88,11 +92,7 @@ def test_samples_of_one_prompt_share_its_prefill_and_draw_what_separate_prefills
     shared = engine.generate(requests)
     assert prefilled == [3]  # one prefill, of the three distinct prompts (not twelve rows)
 
-    def plain(prompts):
-        encoded = engine.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        return dict(encoded), {}
-
-    monkeypatch.setattr(engine, "_prefill", plain)
+    monkeypatch.setattr(engine, "_distinct", lambda prompts: (prompts, list(range(len(prompts)))))  # every row its own
     separate = engine.generate(requests)
     assert [[c.token_ids for c in r] for r in shared] == [[c.token_ids for c in r] for r in separate]
     assert len({tuple(c.token_ids) for c in shared[0]}) > 1  # the samples differ from each other
