@@ -20,6 +20,15 @@ def test_every_task_hides_its_answers_in_the_prompt_and_scores_by_share_found():
     assert ruler.items([256], [0.5], 1, seed=3) == [i for i in ruler.items([256], [0.5], 1, seed=3)]  # same seed, same items
 
 
+def test_frequent_words_answers_are_the_three_strictly_most_frequent():
+    """No tie at the third place (a tie made two answers right, the reference picked by string hashing)."""
+    for item in ruler.items([256, 512, 1024, 2048], [0.5], 8, seed=0):
+        if item["task"] == "fwe":
+            text = item["question"].split(" ... ")[1].split(" ...")[0].split()
+            counts = sorted(((text.count(w), w) for w in set(text)), reverse=True)
+            assert {w for _, w in counts[:3]} == set(item["answers"]) and counts[2][0] > counts[3][0], item["id"]
+
+
 def test_needle_depth_places_the_needle():
     start, end = (next(i for i in ruler.items([1024], [d], 1, seed=0) if i["task"] == "niah_single") for d in (0, 1))
     position = lambda item: item["question"].index(item["answers"][0]) / len(item["question"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 KEYS = ["apple", "river", "candle", "falcon", "marble", "lantern", "cactus", "violin", "harbor", "pepper", "meadow",
@@ -173,15 +173,20 @@ def _common_words(rng, words, depth):
 
 
 def _frequent_words(rng, words, depth):
+    """Drawn again until the third most frequent word is more frequent than the fourth: with a tie two answers
+    would be right, and which one the reference held depended on Python's per-process string hashing."""
     vocabulary = [_word(rng) for _ in range(60)]
     weights = [1 / (rank + 1) ** 1.5 for rank in range(len(vocabulary))]  # Zipf: the first three are the most frequent
-    coded = rng.choices(vocabulary, weights=weights, k=max(words // 3, 20))  # a made-up word is ~3 tokens
-    counts = sorted(set(coded), key=lambda w: -coded.count(w))
+    while True:
+        coded = rng.choices(vocabulary, weights=weights, k=max(words // 3, 20))  # a made-up word is ~3 tokens
+        top = Counter(coded).most_common(4)
+        if top[2][1] > top[3][1]:
+            break
     return ("Read the following coded text and track the frequency of each coded word. Find the three most frequently "
             f"appeared coded words. ... {' '.join(coded)} ...",
             "Question: Do not provide any explanation. Please ignore the dots '....'. What are the three most frequently "
             "appeared words in the above coded text? Answer: According to the coded text above, the three most frequently "
-            "appeared words are:", counts[:3])
+            "appeared words are:", [word for word, _ in top[:3]])
 
 
 GENERATORS = {
