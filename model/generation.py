@@ -237,16 +237,20 @@ class LocalEngine:
                 if scored:
                     scores = torch.log_softmax(logits, -1)
                     chosen = scores.gather(1, step[:, None]).squeeze(1).tolist()
-                    best = scores.topk(k, dim=-1) if k else None
+                    if k:
+                        best = scores.topk(k, dim=-1)
+                        values, indices = best.values.tolist(), best.indices.tolist()  # one conversion a step, not a row
                 going = []
                 for b, (row, token) in enumerate(zip(rows, step.tolist())):
                     ids[row].append(token)
                     if scored:
                         logprobs[row].append(chosen[b])
                         if k:
-                            top[row].append((best.values[b].tolist(), best.indices[b].tolist()))
+                            top[row].append((values[b], indices[b]))
                     if not self._ended(ids[row], settings[row]):
                         going.append(b)
+                if not going:
+                    break
                 if len(going) < len(rows):
                     kept = torch.tensor(going, device=self.device, dtype=torch.long)
                     cache.batch_select_indices(kept)
