@@ -180,7 +180,7 @@ def _frequent_words(rng, words, depth):
     while True:
         coded = rng.choices(vocabulary, weights=weights, k=max(words // 3, 20))  # a made-up word is ~3 tokens
         top = Counter(coded).most_common(4)
-        if top[2][1] > top[3][1]:
+        if len(top) < 4 or top[2][1] > top[3][1]:
             break
     return ("Read the following coded text and track the frequency of each coded word. Find the three most frequently "
             f"appeared coded words. ... {' '.join(coded)} ...",
