@@ -181,3 +181,66 @@ def test_damaged_weights_are_bad_input_for_every_command_that_loads_them(checkpo
         err = result.stderr.decode()
         assert result.returncode == 2 and "Traceback" not in err, (command, err)
         assert any(m in err for m in ("weights file", "no model weights", "cannot load the model")), (command, err)
+
+
+@pytest.fixture(params=["zstd program", "zstandard in process"])
+def zstd_reader(request, monkeypatch):
+    """Both ways a .zst file is read: the `zstd` program in a child process (where installed) and the in-process
+    decoder (elsewhere). They must agree on whole files and on damaged ones."""
+    import shutil
+
+    from granite_cli.data import records
+
+    if request.param == "zstd program":
+        if not shutil.which("zstd"):
+            pytest.skip("the zstd program is not installed")
+        monkeypatch.setattr(records, "ZSTD", shutil.which("zstd"))
+    else:
+        monkeypatch.setattr(records, "ZSTD", None)
+    return records
+
+
+def test_both_zstd_readers_read_frames_and_refuse_cut_files(zstd_reader, tmp_path):
+    import io
+
+    lines = [orjson.dumps({"id": str(i), "text": "x" * i}) + b"\n" for i in range(3000)]
+    two_frames = tmp_path / "two.jsonl.zst"
+    two_frames.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines[:1000]))
+                           + zstandard.ZstdCompressor().compress(b"".join(lines[1000:])))
+    assert [line for _, line in zstd_reader.iter_lines(str(two_frames))] == lines
+    buffer = io.BytesIO()
+    writer = zstandard.ZstdCompressor().stream_writer(buffer, closefd=False)
+    writer.write(b"".join(lines[:1000]))
+    writer.flush(zstandard.FLUSH_BLOCK)
+    at_block = buffer.tell()
+    writer.write(b"".join(lines[1000:]))
+    writer.flush(zstandard.FLUSH_FRAME)
+    for cut in (at_block, len(buffer.getvalue()) // 2, 7):
+        path = tmp_path / f"cut-{cut}.jsonl.zst"
+        path.write_bytes(buffer.getvalue()[:cut])
+        with pytest.raises(zstd_reader.BadInput, match="truncated") as caught:
+            list(zstd_reader.iter_lines(str(path)))
+        assert str(path) in str(caught.value)
+
+
+def test_a_reader_that_stops_early_leaves_no_decompressor_behind(zstd_reader, tmp_path):
+    """mix reads what it needs of a source and stops: the child process (if any) is ended, not left running."""
+    import os
+
+    path = tmp_path / "big.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(GOOD * 200_000))
+    children = set(os.listdir("/proc")) if os.path.isdir("/proc") else None
+    lines = zstd_reader.iter_lines(str(path))
+    next(lines)
+    lines.close()
+    if children is not None:
+        left = [pid for pid in set(os.listdir("/proc")) - children if pid.isdigit() and _is_zstd(pid)]
+        assert not left
+
+
+def _is_zstd(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"zstd" in f.read()
+    except OSError:
+        return False

@@ -12,6 +12,8 @@ import contextlib
 import gzip
 import io
 import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from granite_cli.errors import BadInput, ReaderGone
 STDIO = "-"
 READ_CHUNK = 1 << 20
 WRITE_BUFFER = 1 << 20
+ZSTD = shutil.which("zstd")  # the zstd program, where installed: decompresses on another core (ZstdProcess)
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -37,6 +40,8 @@ def open_binary(path: str) -> IO[bytes]:
         raise BadInput("no such file", path)
     if os.path.isdir(path):
         raise BadInput("is a directory; give the record files in it (JSONL, .jsonl.zst or .jsonl.gz)", path)
+    if path.endswith(".zst") and ZSTD:
+        return io.BufferedReader(ZstdProcess(path), buffer_size=READ_CHUNK)
     raw = open(path, "rb")
     if path.endswith(".zst"):
         return io.BufferedReader(ZstdFrames(raw), buffer_size=READ_CHUNK)
@@ -86,6 +91,36 @@ class ZstdFrames(io.RawIOBase):
 
     def close(self) -> None:
         self.raw.close()
+        super().close()
+
+
+class ZstdProcess(io.RawIOBase):
+    """Decompress a .zst file in a `zstd -dc` child process, so that decompression runs on another core while this
+    process parses: zstandard's decompressor holds the GIL, so a thread would not overlap with the parsing (measured:
+    0.6 s + 0.4 s alone, 1.0 s together). zstd's own checks apply: input that ends inside a frame is an error at the
+    end of the stream, never a short read that looks whole; concatenated frames read as one stream."""
+
+    def __init__(self, path: str):
+        self.process = subprocess.Popen([ZSTD, "-dcq", "--", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        bufsize=0)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = self.process.stdout.readinto(buffer)
+        if not size and self.process.wait():
+            complaint = self.process.stderr.read().decode(errors="replace").strip()
+            raise EOFError(complaint.rpartition(" : ")[2] or complaint or f"zstd exited with status {self.process.returncode}")
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            if self.process.poll() is None:  # the reader stopped early (a mix takes what it needs of a source)
+                self.process.kill()
+            self.process.wait()
+            self.process.stdout.close()
+            self.process.stderr.close()
         super().close()
 
 
@@ -204,7 +239,7 @@ def input_paths(inputs: list[str] | None) -> list[str]:
 
 
 def dumps(record: dict) -> bytes:
-    return orjson.dumps(record) + b"\n"
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)  # the newline written in place, not by a copy
 
 
 def _stdout_sink() -> IO[bytes]:
