@@ -152,8 +152,8 @@ def test_chat_with_no_room_to_answer_is_bad_usage_not_a_hang(checkpoint):
     assert result.returncode == 2 and "at least 1" in result.stderr.decode()
 
 
-@pytest.mark.parametrize("flags, message", [(["--limit", "0"], "--limit must be at least 1"),
-                                            (["--limit", "-3"], "--limit must be at least 1"),
+@pytest.mark.parametrize("flags, message", [(["--limit", "0"], "with N at least 1"),
+                                            (["--limit", "-3"], "with N at least 1"),
                                             (["--tasks", ""], "--tasks names no task")])
 def test_eval_refuses_limits_and_task_lists_that_evaluate_nothing_or_everything(checkpoint, tmp_path, flags, message):
     result = granite("eval", checkpoint, *flags, "-o", tmp_path / "out")

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from conftest import REPO, granite
+from granite_cli.errors import BadInput
 from fake_openai import FakeOpenAI
 from stages.eval.runner import pass_at_k
 from stages.eval.tasks import bbh_score, code_score, deepmind_math_score, extract_completion, gsm8k_score, mbpp_score, mmlu_pro_score
@@ -119,7 +120,7 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     shutil.copytree(REPO / "runs" / "eval-data" / "bfcl", data / "bfcl")
     out = tmp_path / "out"
     result = granite("eval", checkpoint, "--tasks", "gsm8k,mmlu,mmlu_pro,bbh,deepmind_math,humaneval,mbpp,bfcl,ifeval,heldout,heldout_bpb,ruler",
-                     "--limit", "3",
+                     "--limit", "3,ifeval=2",
                      "--data-dir", data, "-o", out, "--ruler-lengths", "128", "--ruler-depths", "0,1",
                      "--compare", "granite-4.1-8b", "--batch-size", "4", check=True)
     document = json.loads((out / "results.json").read_text())
@@ -137,7 +138,8 @@ def test_eval_cli_writes_results_and_samples(checkpoint, tmp_path):
     assert document["tasks"]["ruler"]["grids"]["passkey"] == {"128": {"0": 0.0, "1": 0.0}}
     assert document["tasks"]["ruler"]["effective_length"] is None
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 + 2 + 2 + 2 + 3 + 3 + 2 + 3 + 3 + 3 + 3 + 3
+    assert document["tasks"]["ifeval"]["n"] == 2 and document["tasks"]["ifeval"]["settings"]["limit"] == 2  # TASK=N
+    assert len(samples) == 3 + 2 + 2 + 2 + 3 + 3 + 2 + 3 + 2 + 3 + 3 + 3
     bfcl_prompt = next(s["prompt"] for s in samples if s["task"] == "bfcl")
     assert "<tools>" in bfcl_prompt and "calculate_triangle_area" in bfcl_prompt
     assert all({"task", "prompt", "output", "scores"} <= set(s) for s in samples)
@@ -154,6 +156,18 @@ def test_results_go_beside_the_checkpoint_run_not_into_the_recipe_run(tmp_path):
     assert default_output(str(other), "tiny", None) == tmp_path / "seed-1" / "eval" / "rl-stage-4"
     assert default_output(str(other), "tiny", str(tmp_path / "run")) == tmp_path / "run" / "eval" / "rl-stage-4"
     assert default_output(str(tmp_path / "loose"), "tiny", str(tmp_path / "run")) == tmp_path / "run" / "eval" / "loose"
+
+
+def test_limit_per_task():
+    from stages.eval import parse_limits
+
+    assert parse_limits(None, ["heldout", "humaneval"]) == {"heldout": None, "humaneval": None}
+    assert parse_limits("100,humaneval=40", ["heldout", "humaneval"]) == {"heldout": 100, "humaneval": 40}
+    assert parse_limits("humaneval=40", ["heldout", "humaneval"]) == {"heldout": None, "humaneval": 40}
+    for bad, message in [("0", "at least 1"), ("humaneval=", "TASK=N"), ("=4", "TASK=N"), ("x", "TASK=N"),
+                         ("mbpp=3", "'mbpp', which --tasks does not")]:
+        with pytest.raises(BadInput, match=message):
+            parse_limits(bad, ["heldout", "humaneval"])
 
 
 def test_missing_benchmark_data_is_bad_input(checkpoint, tmp_path):

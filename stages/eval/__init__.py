@@ -42,7 +42,9 @@ def eval_command(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Results directory. Default: <run-dir>/eval/<checkpoint name>, where a checkpoint in X/checkpoints/ without --run-dir writes to X/eval/."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) instead of a local model."),
     model_name: Optional[str] = typer.Option(None, "--model", help="Model name to send to --endpoint."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N items of each task."),
+    limit: Optional[str] = typer.Option(None, "--limit", help="Evaluate only the first N items of each task: N, or TASK=N "
+                                                             "for one task, comma-separated (100,humaneval=40: 40 "
+                                                             "HumanEval problems, 100 items of every other task)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generation batch (local model) or concurrent requests (endpoint)."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Override each task's few-shot count."),
     chat_template: str = typer.Option("auto", "--chat-template", help="on, off, or auto: on for chat-native tasks and for checkpoints past SFT."),
@@ -75,8 +77,7 @@ def eval_command(
     specs = [get_task(name.strip(), lengths, depths, seed) for name in tasks.split(",") if name.strip()]
     if not specs:
         raise BadInput("--tasks names no task")
-    if limit is not None and limit < 1:
-        raise BadInput(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
+    limits = parse_limits(limit, [spec.name for spec in specs])
     if any(spec.kind == "code" for spec in specs):
         from granite_cli.verify.sandbox import require_isolation
 
@@ -89,13 +90,13 @@ def eval_command(
     label = stage or default_stage(checkpoint)
     tuned = chat_tuned(checkpoint, endpoint)
     out = Path(output) if output else default_output(checkpoint, recipe, run_dir)
-    settings = {"limit": limit, "batch_size": batch_size, "seed": seed, "fewshot_seed": fewshot_seed, "samples": samples,
+    settings = {"batch_size": batch_size, "seed": seed, "fewshot_seed": fewshot_seed, "samples": samples,
                 "data_dir": data_dir}
     results, all_samples = {}, []
     for spec in specs:
         started = time.perf_counter()
         chat = use_chat(chat_template, tuned)
-        items = load_items(spec, Path(data_dir), limit)
+        items = load_items(spec, Path(data_dir), limits[spec.name])
         shots = FewShot(spec, Path(data_dir), num_fewshot, fewshot_seed)
         if max_new_tokens:
             spec = dataclasses.replace(spec, max_new_tokens=max_new_tokens)
@@ -106,7 +107,7 @@ def eval_command(
         else:
             scored = evaluate(spec, backend, items, shots, chat, samples, temperature, seed)
             summary = summarize(spec, scored)
-        summary["settings"] = {**settings, "num_fewshot": shots.count or spec.inline_shots, "chat_template": chat,
+        summary["settings"] = {"limit": limits[spec.name], **settings, "num_fewshot": shots.count or spec.inline_shots, "chat_template": chat,
                                "max_new_tokens": spec.max_new_tokens, "seconds": round(time.perf_counter() - started, 1)}
         if spec.name == "ruler":
             summary["grids"] = ruler.grids(summary["subtasks"])
@@ -192,6 +193,24 @@ def use_chat(mode: str, tuned: bool) -> bool:
 
 
 # ------------------------------------------------------------------ items and prompts
+def parse_limits(text: Optional[str], tasks: list[str]) -> dict[str, Optional[int]]:
+    """Each task's --limit: `N` for every task, `TASK=N` for one; a task that none names has no limit."""
+    limits: dict[str, Optional[int]] = dict.fromkeys(tasks)
+    default, named = None, {}
+    for entry in filter(None, (e.strip() for e in (text or "").split(","))):
+        name, equals, count = entry.rpartition("=")
+        if not count.isdigit() or int(count) < 1 or (equals and not name):
+            raise BadInput(f"--limit takes N or TASK=N with N at least 1, comma-separated, not {entry!r}; leave it out "
+                           f"to evaluate every item")
+        if not equals:
+            default = int(count)
+        elif name not in limits:
+            raise BadInput(f"--limit names task {name!r}, which --tasks does not ({', '.join(tasks)})")
+        else:
+            named[name] = int(count)
+    return {task: named.get(task, default) for task in limits}
+
+
 def parse_grid(text: str, kind, flag: str) -> tuple:
     try:
         return tuple(kind(x) for x in text.split(",") if x.strip())
