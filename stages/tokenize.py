@@ -321,11 +321,12 @@ def train_command(
 
 def training_texts(inputs: Optional[list[str]], recipe, budget: Optional[int], policy: ErrorPolicy) -> Iterator[str]:
     """Texts to train on: the given files ('-' for stdin), else the recipe's train_sources; each up to `budget` bytes."""
+    # one group open at a time: a group left at its budget is closed (its file, or its zstd process) before the next
     if inputs:
-        groups = [read_records([p], policy, require_text=True) for p in inputs]
+        groups = (read_records([p], policy, require_text=True) for p in inputs)
     else:
         names = recipe.tokenizer.train_sources or list(recipe.sources)
-        groups = [_source_docs(recipe.sources[name], policy) for name in names]
+        groups = (_source_docs(recipe.sources[name], policy) for name in names)
     for docs in groups:
         used = 0
         for doc in docs:

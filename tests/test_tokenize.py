@@ -186,3 +186,25 @@ def test_a_long_document_is_encoded_in_pieces_with_the_ids_of_encoding_it_whole(
     whole = backend.encode(text, add_special_tokens=False).ids
     assert list(encode_texts(backend, [text], piece_chars=1000)[0]) == whole
     assert encode_texts(backend, ["short", text], piece_chars=1000)[0] == backend.encode("short", add_special_tokens=False).ids
+
+
+def test_tokenizer_training_keeps_one_input_open_at_a_time(tmp_path):
+    """Each input is read up to its byte budget and closed before the next opens: with many inputs, open files (or
+    zstd processes) do not pile up to the process's limit."""
+    import os
+
+    from granite_cli.data.records import ErrorPolicy
+    from stages.tokenize import training_texts
+
+    inputs = []
+    for i in range(8):
+        path = tmp_path / f"part-{i}.jsonl.zst"
+        path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(
+            orjson.dumps({"id": f"{i}-{j}", "text": "word " * 50}) + b"\n" for j in range(200))))
+        inputs.append(str(path))
+    baseline = len(os.listdir("/proc/self/fd"))
+    most = 0
+    for n, _ in enumerate(training_texts(inputs, None, 1000, ErrorPolicy())):
+        most = max(most, len(os.listdir("/proc/self/fd")) - baseline)
+    assert n + 1 == 8 * 4  # 1,000 bytes of each input: four 250-byte texts
+    assert most <= 3  # one reader: a file, or a zstd process's two pipes (and listdir's own descriptor)
