@@ -40,11 +40,9 @@ def open_binary(path: str) -> IO[bytes]:
         raise BadInput("no such file", path)
     if os.path.isdir(path):
         raise BadInput("is a directory; give the record files in it (JSONL, .jsonl.zst or .jsonl.gz)", path)
-    if path.endswith(".zst") and ZSTD:
-        return io.BufferedReader(ZstdProcess(path), buffer_size=READ_CHUNK)
-    raw = open(path, "rb")
     if path.endswith(".zst"):
-        return io.BufferedReader(ZstdFrames(raw), buffer_size=READ_CHUNK)
+        return io.BufferedReader(ZstdProcess(path) if ZSTD else ZstdFrames(open(path, "rb")), buffer_size=READ_CHUNK)
+    raw = open(path, "rb")
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     return raw

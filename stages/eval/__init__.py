@@ -195,7 +195,6 @@ def use_chat(mode: str, tuned: bool) -> bool:
 # ------------------------------------------------------------------ items and prompts
 def parse_limits(text: Optional[str], tasks: list[str]) -> dict[str, Optional[int]]:
     """Each task's --limit: `N` for every task, `TASK=N` for one; a task that none names has no limit."""
-    limits: dict[str, Optional[int]] = dict.fromkeys(tasks)
     default, named = None, {}
     for entry in filter(None, (e.strip() for e in (text or "").split(","))):
         name, equals, count = entry.rpartition("=")
@@ -204,11 +203,11 @@ def parse_limits(text: Optional[str], tasks: list[str]) -> dict[str, Optional[in
                            f"to evaluate every item")
         if not equals:
             default = int(count)
-        elif name not in limits:
+        elif name not in tasks:
             raise BadInput(f"--limit names task {name!r}, which --tasks does not ({', '.join(tasks)})")
         else:
             named[name] = int(count)
-    return {task: named.get(task, default) for task in limits}
+    return {task: named.get(task, default) for task in tasks}
 
 
 def parse_grid(text: str, kind, flag: str) -> tuple:
