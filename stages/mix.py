@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import orjson
 import typer
 from rich.table import Table
 
@@ -102,14 +103,14 @@ def mix_command(
     check_supply(sources, mine, available, index, count)
     slack = budget / count * loaded.mix_tolerance / 100 / 2
     cursors = [SourceCursor(sources[name], mine[name], seed, policy, counter, slack, fraction=fraction, parts=parts[name],
-                            worker=(index, count)) for name in targets]
+                            worker=(index, count), phase=phase, stage=stage) for name in targets]
     stream = itertools.chain(interleave(cursors), top_up(cursors, loaded.mix_tolerance))
     target_path = _output_path(output, index, count)
     with record_writer(target_path) as sink, progress() as bar:
         task = bar.add_task(f"mix phase {phase}" + (f" stage {stage}" if stage else ""), total=int(sum(mine.values())), rate="")
         pending = 0
-        for position, (cursor, doc, n_tokens) in enumerate(stream):
-            sink.write(dumps(output_document(doc, cursor, phase, stage)))
+        for position, (cursor, doc, line, n_tokens) in enumerate(stream):
+            sink.write(cursor.output(doc, line))
             pending += n_tokens
             if position % PROGRESS_EVERY == 0:
                 bar.advance(task, pending)
@@ -140,13 +141,13 @@ def write_heldout(recipe: Recipe, phase: Optional[int], seed: int, output: Optio
     policy = ErrorPolicy(on_error)
     counter = token_counter(recipe, None)
     cursors = [SourceCursor(_declared(recipe, name), 0.0, seed, policy, counter, heldout=True, fraction=recipe.heldout_fraction,
-                            parts=worker_parts(_declared(recipe, name), 0, 1)) for name in names]
+                            parts=worker_parts(_declared(recipe, name), 0, 1), phase="heldout") for name in names]
     with record_writer(_output_path(output, 0, 1)) as sink:
         for cursor in cursors:
-            for cursor.epoch, doc in cursor.documents:
+            for doc, line in cursor.documents:
                 cursor.emitted_tokens += counter.count(doc["text"])
                 cursor.emitted_docs += 1
-                sink.write(dumps(output_document(doc, cursor, "heldout")))
+                sink.write(cursor.output(doc, line))
     policy.report()
     table = Table(title=f"held-out split: {recipe.name} ({100 * recipe.heldout_fraction:g}% of documents)", title_justify="left")
     for column in ("source", "tokens", "documents"):
@@ -224,7 +225,7 @@ def available_tokens(sources: dict[str, Source], parts: dict[str, list[Part]], c
             key = hashlib.sha256(f"{part.key()}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
                                  f"{source.text_field}|{fraction}".encode()).hexdigest()
             if key not in cache or stat is None:
-                cache[key] = sum(counter.count(doc["text"]) for doc in read_split(part, source, policy, fraction, False))
+                cache[key] = sum(counter.count(doc["text"]) for doc, _ in read_split(part, source, policy, fraction, False))
                 changed = True
             available[name] += cache[key]
     if changed:
@@ -266,47 +267,71 @@ class SourceCursor:
     fraction: float = 0.0
     parts: list = field(default_factory=list)  # what this worker reads of the source (granite_cli/data/sources.py)
     worker: tuple = (0, 1)  # (index, count) in the job array
+    phase: object = None  # what the written documents' `phase` says: the phase number, or "heldout"
+    stage: Optional[str] = None
     emitted_tokens: int = 0
     emitted_docs: int = 0
-    epoch: int = 0
+    epoch: int = 0  # the pass over the source that the last document drawn came from
     passed: int = 0
-    documents: Iterator[tuple[int, dict]] = field(init=False)
+    documents: Iterator[tuple[dict, Optional[bytes]]] = field(init=False)
+    tags: dict = field(default_factory=dict)  # epoch -> (the keys `output` sets, the same as JSON to append)
 
     def __post_init__(self):
         self.documents = self._epochs()
 
-    def _epochs(self) -> Iterator[tuple[int, dict]]:
+    def _epochs(self) -> Iterator[tuple[dict, Optional[bytes]]]:
         epochs = 1 if self.heldout else math.ceil(self.source.max_repetition)
         for epoch in range(epochs):
+            self.epoch = epoch
             index, count = self.worker
             rng = random.Random(f"{self.seed}/{self.source.name}/{epoch}" + (f"/{index}-of-{count}" if count > 1 else ""))
             parts = list(self.parts)
             rng.shuffle(parts)
             docs = itertools.chain.from_iterable(read_split(p, self.source, self.policy, self.fraction, self.heldout)
                                                  for p in parts)
-            for doc in shuffle_buffer(docs, rng, SHUFFLE_BUFFER):
-                yield epoch, doc
+            yield from shuffle_buffer(docs, rng, SHUFFLE_BUFFER)
 
     def behind(self) -> float:
         return self.emitted_tokens / self.target
 
+    def output(self, doc: dict, line: Optional[bytes]) -> bytes:
+        """The document as written: `source` is the recipe's source name, `phase` (and `stage`) where it goes, and a
+        repeated pass is marked (`repeat`). Where the record has none of these keys and its text under `text`, they are
+        appended to the line read, which keeps its own spacing and escapes: serialising a long document again costs
+        more. Either way the written line parses to the same record."""
+        if self.epoch not in self.tags:
+            tags = {"source": self.source.name, "phase": self.phase, **({"stage": self.stage} if self.stage else {}),
+                    **({"repeat": self.epoch} if self.epoch else {})}
+            self.tags[self.epoch] = tags, b"," + orjson.dumps(tags)[1:] + b"\n"  # the keys, and the JSON to append
+        tags, tail = self.tags[self.epoch]
+        if line is not None and self.source.text_field == "text" and tags.keys().isdisjoint(doc):
+            body = line[:-2] if line.endswith(b"}\n") else line.rstrip()[:-1]  # the object without its closing brace
+            return body + tail
+        doc.update(tags)  # (a key the record has is replaced in place: the bytes alone cannot do that safely)
+        return dumps(doc)
 
-def shuffle_buffer(items: Iterator[dict], rng: random.Random, size: int) -> Iterator[dict]:
-    """Shuffle a stream with a bounded buffer: each new item swaps out a random buffered one."""
-    buffer: list[dict] = []
+
+def shuffle_buffer(items: Iterator, rng: random.Random, size: int) -> Iterator:
+    """Shuffle a stream with a bounded buffer: each new item swaps out a random buffered one.
+
+    The slot is drawn exactly as `rng.randrange(size)` draws it (getrandbits of size's bit length until one falls
+    below size; tests/test_mix.py holds the two to each other), written out here because randrange's two calls a
+    document were a tenth of mix's time."""
+    items = iter(items)
+    buffer = list(itertools.islice(items, size))
+    bits, getrandbits = size.bit_length(), rng.getrandbits
     for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        slot = rng.randrange(size)
+        slot = getrandbits(bits)
+        while slot >= size:
+            slot = getrandbits(bits)
         yield buffer[slot]
         buffer[slot] = item
     rng.shuffle(buffer)
     yield from buffer
 
 
-def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict, int]]:
-    """Yield (cursor, document, tokens), always from the source furthest behind its target.
+def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict, Optional[bytes], int]]:
+    """Yield (cursor, document, its line, tokens), always from the source furthest behind its target.
 
     A document that would overshoot its source's target by more than the source's slack (half the
     recipe's tolerance) is passed over; a source is done once it is within its slack of the target,
@@ -319,7 +344,7 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
         item = next(cursor.documents, None)
         if item is None:
             continue
-        cursor.epoch, doc = item
+        doc, line = item
         n_tokens = cursor.counter.count(doc["text"])
         if cursor.emitted_tokens + n_tokens > cursor.target + cursor.slack:
             cursor.passed += 1
@@ -329,12 +354,12 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
         cursor.passed = 0
         cursor.emitted_tokens += n_tokens
         cursor.emitted_docs += 1
-        yield cursor, doc, n_tokens
+        yield cursor, doc, line, n_tokens
         if cursor.emitted_tokens < cursor.target - cursor.slack:
             heapq.heappush(heap, (cursor.behind(), order, cursor))
 
 
-def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[SourceCursor, dict, int]]:
+def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[SourceCursor, dict, Optional[bytes], int]]:
     """Bring every source's share of the emitted total within the tolerance, once each met its target in tokens.
 
     Meeting each target within its slack still leaves the shares of what was emitted off when the
@@ -362,31 +387,18 @@ def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[Sour
             item = next(cursor.documents, None)
             if item is None:
                 break
-            epoch, doc = item
+            doc, line = item
             n_tokens = cursor.counter.count(doc["text"])
             if (cursor.emitted_tokens + n_tokens) / (total + n_tokens) - share[id(cursor)] <= margin:
-                cursor.epoch = epoch
                 cursor.emitted_tokens += n_tokens
                 cursor.emitted_docs += 1
-                yield cursor, doc, n_tokens
+                yield cursor, doc, line, n_tokens
                 break
         else:
             exhausted.add(id(cursor))
             continue
         if item is None:
             exhausted.add(id(cursor))
-
-
-def output_document(doc: dict, cursor: SourceCursor, phase, stage: Optional[str] = None) -> dict:
-    """The document as emitted: `source` is the recipe's source name, `phase` (and `stage`) where it goes; a repeated
-    pass is marked."""
-    doc["source"] = cursor.source.name
-    doc["phase"] = phase
-    if stage:
-        doc["stage"] = stage
-    if cursor.epoch:
-        doc["repeat"] = cursor.epoch
-    return doc
 
 
 def _output_path(output: Optional[str], index: int, count: int) -> Optional[str]:

@@ -102,7 +102,7 @@ def test_plain_files_are_split_into_byte_ranges_each_document_read_by_one_worker
     recipe.write_text(f'[sources.web]\npaths = ["{data}/web-*.jsonl"]\n[sources.code]\npaths = ["{data}/code-*.jsonl"]\n'
                       '[[phases]]\nnumber = 1\ntokens = "40K"\n[phases.mixture]\nweb = 70\ncode = 30\n')
     source = load_recipe(str(recipe), str(tmp_path / "run")).sources["web"]
-    seen = [[d["id"] for p in worker_parts(source, i, 3) for d in read_part(p, source, ErrorPolicy())] for i in range(3)]
+    seen = [[d["id"] for p in worker_parts(source, i, 3) for d, _ in read_part(p, source, ErrorPolicy())] for i in range(3)]
     everything = [json.loads(line)["id"] for f in sorted(data.glob("web-*.jsonl")) for line in f.read_text().splitlines()]
     assert sorted(sum(seen, [])) == sorted(everything)  # every document once: none lost, none read twice
     assert all(len(ids) > 300 for ids in seen)  # and each worker about a third
@@ -226,3 +226,54 @@ def test_a_mix_that_misses_its_tolerance_fails_unless_told_to_warn(tmp_path):
     assert not out.exists()
     warned = mix("--phase", "5", "--stage", "4K", "--tokens", "40K", "--run-dir", tmp_path, "-o", out, "--on-miss", "warn")
     assert "warning:" in warned.stderr.decode() and out.exists()
+
+
+def test_a_record_without_the_keys_mix_sets_is_written_as_read_with_them_appended(tmp_path):
+    # the raw-line path: a line is copied with source/phase appended, not parsed and serialised again; a record that
+    # has one of those keys already, or whose text is under another field, is serialised with them set as before
+    data = tmp_path / "data"
+    data.mkdir()
+    plain = ['{"id": "a", "text": "caf\\u00e9 au lait"}', '{"id":"b","text":"x y z","meta":{"n":1.50}}  ',
+             '{"id": "c", "text": "tea"}\r']
+    (data / "plain.jsonl").write_text("\n".join(plain) + "\n")
+    (data / "tagged.jsonl").write_text('{"id": "d", "source": "books", "text": "an old source", "lang": "en"}\n')
+    (data / "body.jsonl").write_text('{"id": "e", "body": "under another field"}\n')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[sources.plain]\npaths = ["{data}/plain.jsonl"]\nmax_repetition = 3\n'
+                      f'[sources.tagged]\npaths = ["{data}/tagged.jsonl"]\nmax_repetition = 3\n'
+                      f'[sources.body]\npaths = ["{data}/body.jsonl"]\ntext_field = "body"\nmax_repetition = 3\n'
+                      '[[phases]]\nnumber = 1\ntokens = 20\n[phases.mixture]\nplain = 50\ntagged = 25\nbody = 25\n')
+    lines = mix("--phase", "1", "--recipe", recipe, "--run-dir", tmp_path / "run", "--on-miss", "warn").stdout.splitlines()
+    by_id = {orjson.loads(line)["id"]: line for line in lines}
+    assert set(by_id) == {"a", "b", "c", "d", "e"}
+    for raw in plain:
+        doc = orjson.loads(raw)
+        line = by_id[doc["id"]]
+        assert line.startswith(raw.rstrip()[:-1].encode())  # its bytes as read: spacing, the \u escape
+        assert orjson.loads(line) == {**doc, "source": "plain", "phase": 1} | ({"repeat": 1} if b"repeat" in line else {})
+    assert list(orjson.loads(by_id["d"])) == ["id", "source", "text", "lang", "phase"]  # replaced in place
+    assert orjson.loads(by_id["d"])["source"] == "tagged"
+    assert orjson.loads(by_id["e"])["text"] == "under another field" and "body" not in orjson.loads(by_id["e"])
+
+
+def test_the_shuffle_draws_its_slots_as_randrange_does():
+    # shuffle_buffer writes randrange's draw out for speed; the mix a seed gives must not change with it
+    import random
+
+    from stages.mix import shuffle_buffer
+
+    def with_randrange(items, rng, size):
+        buffer = []
+        for item in items:
+            if len(buffer) < size:
+                buffer.append(item)
+                continue
+            slot = rng.randrange(size)
+            yield buffer[slot]
+            buffer[slot] = item
+        rng.shuffle(buffer)
+        yield from buffer
+
+    for size in (1, 5, 1024):
+        for count in (0, 3, 5000):
+            assert list(shuffle_buffer(range(count), random.Random(7), size)) == list(with_randrange(range(count), random.Random(7), size))

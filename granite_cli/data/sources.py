@@ -81,28 +81,31 @@ def _size(unit: str) -> int:
     return os.path.getsize(unit) if os.path.exists(unit) else 0
 
 
-def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
-    """The documents of one worker's part of a unit."""
+def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[tuple[dict, Optional[bytes]]]:
+    """(document, the JSONL line it was parsed from) for each document of one worker's part of a unit. The line
+    lets mix write a document out without serialising it again; Parquet and datasets rows have none (None)."""
     if part.end is not None:
         lines = iter_range_lines(part.unit, part.start, part.end)
         return _jsonl_documents(f"{part.unit}[bytes {part.start}:{part.end}]", lines, source, policy)
-    documents = read_unit(part.unit, source, policy)
+    if part.unit.startswith("hf:"):
+        documents = ((row, None) for row in _read_hf(part.unit[3:], source))
+    elif part.unit.endswith(".parquet"):
+        documents = ((row, None) for row in _read_parquet(part.unit, source))
+    else:
+        documents = _jsonl_documents(part.unit, iter_lines(part.unit), source, policy)
     return documents if part.stride == 1 else itertools.islice(documents, part.offset, None, part.stride)
 
 
 def read_unit(unit: str, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
     """The documents of one file (or dataset) with a string `text` field."""
-    if unit.startswith("hf:"):
-        return _read_hf(unit[3:], source)
-    if unit.endswith(".parquet"):
-        return _read_parquet(unit, source)
-    return _jsonl_documents(unit, iter_lines(unit), source, policy)
+    return (document for document, _ in read_part(Part(unit), source, policy))
 
 
-def _jsonl_documents(label: str, lines: Iterator[tuple[int, bytes]], source: Source, policy: ErrorPolicy) -> Iterator[dict]:
-    """Parse JSONL lines into documents, each with its text under `text`. One loop, no reader layered on another:
-    mix spends a few microseconds of Python a document, and every generator a document passes through is a share
-    of them."""
+def _jsonl_documents(label: str, lines: Iterator[tuple[int, bytes]], source: Source,
+                     policy: ErrorPolicy) -> Iterator[tuple[dict, bytes]]:
+    """Parse JSONL lines into (document, line), each document with its text under `text`. One loop, no reader
+    layered on another: mix spends a few microseconds of Python a document, and every generator a document passes
+    through is a share of them."""
     for line_no, line in lines:
         if not line.strip():
             continue
@@ -114,7 +117,7 @@ def _jsonl_documents(label: str, lines: Iterator[tuple[int, bytes]], source: Sou
         if not isinstance(record.get("text"), str):
             policy.bad(BadInput(f"record has no string {source.text_field!r} field", label, line_no), "no text")
             continue
-        yield record
+        yield record, line
 
 
 def _read_parquet(path: str, source: Source) -> Iterator[dict]:
@@ -156,8 +159,9 @@ def is_heldout(doc: dict, source: Source, fraction: float) -> bool:
     return bucket < fraction * 2**64
 
 
-def read_split(part: Part, source: Source, policy: ErrorPolicy, fraction: float, heldout: bool) -> Iterator[dict]:
-    """The documents of one part in the training split (heldout=False) or the held-out split."""
-    for doc in read_part(part, source, policy):
-        if is_heldout(doc, source, fraction) == heldout:
-            yield doc
+def read_split(part: Part, source: Source, policy: ErrorPolicy, fraction: float,
+               heldout: bool) -> Iterator[tuple[dict, Optional[bytes]]]:
+    """read_part's (document, line) pairs of the training split (heldout=False) or of the held-out split."""
+    if fraction <= 0:  # no held-out split: every document trains, and none needs hashing
+        return iter(()) if heldout else read_part(part, source, policy)
+    return ((doc, line) for doc, line in read_part(part, source, policy) if is_heldout(doc, source, fraction) == heldout)
