@@ -315,8 +315,8 @@ def shuffle_buffer(items: Iterator, rng: random.Random, size: int) -> Iterator:
     """Shuffle a stream with a bounded buffer: each new item swaps out a random buffered one.
 
     The slot is drawn exactly as `rng.randrange(size)` draws it (getrandbits of size's bit length until one falls
-    below size; tests/test_mix.py holds the two to each other), written out here because randrange's two calls a
-    document were a tenth of mix's time."""
+    below size; tests/test_mix.py holds the two to each other), written out here: randrange's two Python calls a
+    document took three times as long (0.09 against 0.03 s for 113K documents)."""
     items = iter(items)
     buffer = list(itertools.islice(items, size))
     bits, getrandbits = size.bit_length(), rng.getrandbits
