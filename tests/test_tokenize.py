@@ -42,6 +42,31 @@ def test_trained_tokenizer_loads_in_plain_transformers(tokenizer_dir):
     assert rendered == "<|start_of_role|>user<|end_of_role|>hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>"
 
 
+def test_the_tokenizer_loads_as_autotokenizer_loads_it_without_importing_torch(tokenizer_dir, checkpoint, tmp_path):
+    # load_tokenizer imports the class the directory names instead of asking AutoTokenizer, which imports torch
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    text = "The <|end_of_text|> café costs 3.50\n\tdef f(x): return x"
+    for directory in (tokenizer_dir, checkpoint):
+        ours, auto = load_tokenizer(str(directory)), AutoTokenizer.from_pretrained(str(directory))
+        assert type(ours) is type(auto)
+        assert tokenizer_identity(ours, str(directory)) == tokenizer_identity(auto, str(directory))
+        assert ours.encode(text, add_special_tokens=False) == auto.encode(text, add_special_tokens=False)
+        assert ours.all_special_ids == auto.all_special_ids and ours.pad_token_id == auto.pad_token_id
+        assert ours.chat_template == auto.chat_template
+    write_jsonl(tmp_path / "docs.jsonl", sample_documents(per_source=1))
+    code = ("import sys; from granite_cli.app import main; sys.argv = ['granite', 'tokenize', sys.argv[1], '-t', sys.argv[2], "
+            "'-o', sys.argv[3]]\ntry: main()\nexcept SystemExit as end: assert not end.code, end.code\n"
+            "sys.exit('torch' in sys.modules)")
+    ran = subprocess.run([sys.executable, "-c", code, tmp_path / "docs.jsonl", tokenizer_dir, tmp_path / "shards"],
+                         capture_output=True)
+    assert ran.returncode == 0, ran.stderr.decode()[-2000:]
+    assert (tmp_path / "shards" / "manifest.json").exists()
+
+
 def test_decode_of_tokenize_is_the_text_on_the_bundled_data(tokenizer_dir, tmp_path):
     docs = sample_documents()
     out = tmp_path / "shards"
