@@ -15,7 +15,6 @@ turns in each.
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, WORK, alternating_medians, corpus, median_seconds, save  # noqa: E402
+from granite_cli.data.records import iter_lines  # noqa: E402
 
 
 def one_source_recipe(data: Path, megabytes: int, name: str) -> Path:
@@ -41,9 +41,8 @@ def without_source_keys(data: Path) -> Path:
     path = data.with_name(data.name.replace(".jsonl.zst", "-untagged.jsonl.zst"))
     if not path.exists():
         tmp = path.with_suffix(".tmp")
-        with zstandard.ZstdDecompressor().stream_reader(open(data, "rb")) as raw, open(tmp, "wb") as out, \
-                zstandard.ZstdCompressor(level=3).stream_writer(out) as sink:
-            for line in io.BufferedReader(raw):
+        with open(tmp, "wb") as out, zstandard.ZstdCompressor(level=3).stream_writer(out) as sink:
+            for _, line in iter_lines(str(data)):
                 record = orjson.loads(line)
                 record.pop("source", None)
                 sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
