@@ -166,6 +166,7 @@ class LocalEngine:
         self.model, self.tokenizer, self.device = load_for_generation(self.path, device, dtype)
         self.batch_size = batch_size
         self.max_length = getattr(self.model.config, "max_position_embeddings", 4096)
+        self.scorer = None  # made on the first log-likelihood request (_token_scorer)
         # names the weights, not where they are: a judge cache keyed by it survives a moved run directory
         self.identity = f"local:{self.path.resolve().name}:{_weights_digest(self.path)}"
 
@@ -184,6 +185,7 @@ class LocalEngine:
         if engine.tokenizer.pad_token_id is None:
             engine.tokenizer.pad_token = engine.tokenizer.eos_token
         engine.max_length = getattr(model.config, "max_position_embeddings", 4096)
+        engine.scorer = None
         return engine
 
     def prompt_text(self, request: Request) -> str:
@@ -348,10 +350,16 @@ class LocalEngine:
             raise failure[0]
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """Sum of log-probabilities of each continuation given its context, and whether it is the greedy one."""
-        import torch
-        import torch.nn.functional as F
+        """Sum of log-probabilities of each continuation given its context, and whether it is the greedy one.
 
+        Only the continuations' positions are projected onto the vocabulary, a chunk of them at a time
+        (granite_cli/training/logprobs.py): a batch never holds its [B, L, V] logits, which for Granite's 100,352-entry
+        vocabulary and 16 references of 4K tokens would be 26 GB."""
+        import torch
+
+        from granite_cli.training import IGNORE
+
+        scorer = self._token_scorer()
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         encoded = []
         for context, continuation in pairs:
@@ -365,19 +373,40 @@ class LocalEngine:
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for r, row in enumerate(rows):
+            labels = torch.full_like(ids, IGNORE)  # at position p, the continuation token p + 1 is scored
+            for r, (index, row) in enumerate(zip(chunk, rows)):
+                n_cont = min(len(encoded[index][1]), len(row) - 1)
                 ids[r, :len(row)] = torch.tensor(row)
                 mask[r, :len(row)] = 1
-            with torch.no_grad():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
-            logprobs = F.log_softmax(logits, dim=-1).cpu()
+                labels[r, len(row) - n_cont - 1:len(row) - 1] = ids[r, len(row) - n_cont:len(row)]
+            logprobs, greedy = scorer.score(ids.to(self.device), labels.to(self.device), attention_mask=mask.to(self.device))
+            logprobs, greedy, scored = logprobs.cpu(), greedy.cpu(), labels != IGNORE
             for r, index in enumerate(chunk):
-                n_cont, length = len(encoded[index][1]), len(rows[r])
-                positions = torch.arange(length - n_cont - 1, length - 1)
-                targets = ids[r, length - n_cont:length]
-                scores = logprobs[r, positions]
-                results[index] = (float(scores.gather(1, targets[:, None]).sum()), bool((scores.argmax(-1) == targets).all()))
+                results[index] = (float(logprobs[r][scored[r]].sum()), bool(greedy[r][scored[r]].all()))
         return results
+
+    def _token_scorer(self):
+        """The model wrapped to score given tokens (granite_cli/training/logprobs.py: the output embedding, divided by
+        Granite's logits_scaling), checked once against the model's own logits, so that a model whose head does more
+        is refused rather than scored wrong."""
+        import torch
+
+        from granite_cli.training import IGNORE
+        from granite_cli.training.logprobs import TokenLogprobs
+
+        if self.scorer is None:
+            scorer = TokenLogprobs(self.model)
+            probe = torch.arange(min(8, self.model.config.vocab_size), device=self.device)[None]
+            with torch.no_grad():
+                own = torch.log_softmax(self.model(input_ids=probe).logits.float(), -1)[0, :-1].gather(1, probe[0, 1:, None])
+                labels = torch.cat([probe[:, 1:], probe.new_full((1, 1), IGNORE)], dim=1)
+                mine = scorer.score(probe, labels)[0][0, :-1, None]
+            tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2  # bf16 rounds the two orders differently
+            if not torch.allclose(own, mine, rtol=tolerance, atol=tolerance):
+                raise BadInput(f"log-likelihood scoring supports causal LMs whose logits are lm_head(h) / logits_scaling; "
+                               f"this model's ({type(self.model).__name__}) are not", self.name)
+            self.scorer = scorer
+        return self.scorer
 
 
 def _weights_digest(path: Path) -> str:

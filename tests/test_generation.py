@@ -127,3 +127,41 @@ def test_sampling_leaves_torchs_global_generator_alone(checkpoint):
     before = torch.get_rng_state()
     engine.generate([Request(prompt=PROMPTS[0], sampling=Sampling(max_new_tokens=6, temperature=1.0, seed=2, n=3))])
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_loglikelihoods_are_the_models_own_without_its_whole_vocabulary_logits(checkpoint):
+    """eval's log-likelihood scoring projects only the continuations' positions onto the vocabulary, a chunk at a time:
+    the sums and greedy flags of a padded batch equal each pair's from the model's own full logits, for any chunk size,
+    and the model's head is never run over a batch."""
+    import pytest
+
+    from granite_cli.errors import BadInput
+
+    engine = LocalEngine(str(checkpoint), device="cpu", batch_size=3)
+    [[greedy]] = engine.generate([Request(prompt=PROMPTS[0], sampling=Sampling(max_new_tokens=4))])
+    pairs = [(PROMPTS[0], greedy.text), *((p, " and so on, and so forth") for p in PROMPTS[1:]), (PROMPTS[3], " 4")]
+
+    def alone(context, continuation):
+        ctx = engine.tokenizer(context, add_special_tokens=False)["input_ids"]
+        cont = engine.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(engine.model(input_ids=torch.tensor([ctx + cont])).logits.float(), -1)[0]
+        scores = logprobs[len(ctx) - 1:len(ctx) + len(cont) - 1]
+        targets = torch.tensor(cont)
+        return float(scores.gather(1, targets[:, None]).sum()), bool((scores.argmax(-1) == targets).all())
+
+    expected = [alone(*pair) for pair in pairs]
+    assert expected[0][1] and not all(flag for _, flag in expected)  # the greedy continuation is recognised as such
+    scorer = engine._token_scorer()
+    engine.model.lm_head.forward = lambda hidden: pytest.fail("the model's head ran over a whole batch")
+    for chunk_tokens in (scorer.chunk_tokens, 5):
+        scorer.chunk_tokens = chunk_tokens
+        got = engine.loglikelihood(pairs)
+        assert [flag for _, flag in got] == [flag for _, flag in expected]
+        assert torch.allclose(torch.tensor([s for s, _ in got]), torch.tensor([s for s, _ in expected]), atol=1e-4)
+
+    halved = LocalEngine(str(checkpoint), device="cpu")  # a head that scales its logits (as Cohere's does) is refused
+    weight = halved.model.lm_head.weight
+    halved.model.lm_head.forward = lambda hidden: torch.nn.functional.linear(hidden, weight) * 0.5
+    with pytest.raises(BadInput, match="logits_scaling"):
+        halved.loglikelihood(pairs)

@@ -51,6 +51,13 @@ class TokenLogprobs(torch.nn.Module):
         hidden = last_hidden_state(self.lm, input_ids, position_ids, **attention)
         return chunked_logprobs(hidden, self.lm.lm_head.weight, labels, self.scale(), self.chunk_tokens, entropy)
 
+    @torch.no_grad()
+    def score(self, input_ids, labels, **attention):
+        """(log p(label), whether the label is the model's most likely token) at each labelled position, for
+        inference (eval's log-likelihoods): only labelled positions are projected, a chunk at a time."""
+        hidden = last_hidden_state(self.lm, input_ids, **attention)
+        return scored_targets(hidden, self.lm.lm_head.weight, labels, self.scale(), self.chunk_tokens)
+
     def scale(self) -> float:
         """Granite divides its logits by `logits_scaling` (1 for models without it); a temperature divides them again."""
         return 1.0 / (float(getattr(self.lm.config, "logits_scaling", 1.0) or 1.0) * self.temperature)
@@ -102,6 +109,22 @@ def chunked_logprobs(hidden, weight, labels, scale: float, chunk_tokens: int, en
         entropies.append(ent)
     logprobs = torch.cat(pieces).view(labels.shape)
     return logprobs, (torch.cat(entropies).view(labels.shape) if entropy else None)
+
+
+def scored_targets(hidden, weight, labels, scale: float, chunk_tokens: int):
+    """(log p(labels), labels == argmax) from final hidden states [B, T, H]: what chunked_logprobs computes, without
+    a graph, plus whether each label is the greedy choice. Unlabelled positions get 0 and False."""
+    flat_hidden, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    where = (flat_labels != IGNORE).nonzero().squeeze(1)
+    logprobs = torch.zeros(flat_labels.shape, dtype=torch.float32, device=hidden.device)
+    greedy = torch.zeros(flat_labels.shape, dtype=torch.bool, device=hidden.device)
+    for start in range(0, where.numel(), chunk_tokens):
+        index = where[start:start + chunk_tokens]
+        logits = F.linear(flat_hidden[index] * scale if scale != 1.0 else flat_hidden[index], weight).float()
+        targets = flat_labels[index]
+        logprobs[index] = -F.cross_entropy(logits, targets, reduction="none")
+        greedy[index] = logits.argmax(-1) == targets
+    return logprobs.view(labels.shape), greedy.view(labels.shape)
 
 
 def _chunk(hidden, weight, labels, scale: float, entropy: bool):
