@@ -23,15 +23,16 @@ OUTPUTS = ["tokenizer/tokenizer.json", "shards/heldout/manifest.json",
            "report/report.html"]
 
 
-def plan(checkout) -> list[str]:
+def plan(checkout, target: str = "all") -> list[str]:
     # run as a top-level make even under `make test` (a sub-make would print its directory and level)
     env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-    result = subprocess.run(["make", "-n", "--no-print-directory", "all"], cwd=checkout, capture_output=True, text=True,
+    result = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=checkout, capture_output=True, text=True,
                             check=True, env=env)
     return [line for line in result.stdout.splitlines() if line.strip()]
 
 
-def test_make_all_plans_every_stage_then_nothing_then_what_a_rerun_touches(tmp_path):
+def recipe_checkout(tmp_path, installed: bool = True):
+    """What the Makefile reads of a clone; `installed`: the environment and the benchmark data there already."""
     checkout = tmp_path / "clone"
     checkout.mkdir()
     shutil.copy(REPO / "Makefile", checkout)
@@ -39,11 +40,17 @@ def test_make_all_plans_every_stage_then_nothing_then_what_a_rerun_touches(tmp_p
     (checkout / "examples/data/chat").mkdir(parents=True)
     shutil.copy(REPO / "examples/data/chat/sft.jsonl.zst", checkout / "examples/data/chat")
     (checkout / "examples/fetch_eval_data.py").touch()
-    time.sleep(0.01)
-    (checkout / ".venv").mkdir()
-    (checkout / ".venv/.installed").touch()  # installed and the benchmark data there: the plan is the recipe's
-    (checkout / "runs/eval-data").mkdir(parents=True)
-    (checkout / "runs/eval-data/SOURCES.json").touch()
+    if installed:
+        time.sleep(0.01)
+        (checkout / ".venv").mkdir()
+        (checkout / ".venv/.installed").touch()
+        (checkout / "runs/eval-data").mkdir(parents=True)
+        (checkout / "runs/eval-data/SOURCES.json").touch()
+    return checkout
+
+
+def test_make_all_plans_every_stage_then_nothing_then_what_a_rerun_touches(tmp_path):
+    checkout = recipe_checkout(tmp_path)  # installed and the benchmark data there: the plan is the recipe's
     fresh = plan(checkout)
     trained = [line for line in fresh if " pretrain " in line or " sft " in line or " rl " in line
                or " extend-context " in line]
@@ -61,3 +68,11 @@ def test_make_all_plans_every_stage_then_nothing_then_what_a_rerun_touches(tmp_p
     assert not any(" pretrain " in line or "extend-context" in line or " filter " in line for line in again)
     assert sum("rl --stage" in line for line in again) == 4 and any("rl reward-model" in line for line in again)
     assert any("eval runs/tiny/checkpoints/sft " in line for line in again)
+
+
+def test_the_recipe_installs_without_the_test_packages_and_the_tests_add_them(tmp_path):
+    checkout = recipe_checkout(tmp_path, installed=False)
+    recipe = plan(checkout)
+    assert any(line.endswith("pip install -q -e .") for line in recipe)
+    assert not any("[test]" in line for line in recipe)  # no pytest, no mergekit (and its scipy)
+    assert any('pip install -q -e ".[test]"' in line for line in plan(checkout, "test"))
