@@ -17,7 +17,7 @@ from granite_cli.verify import verify
 from stages.rl.advantages import group_advantages, overlong_penalty
 from stages.rl.objective import PolicyLoss
 from stages.rl.rewards import Rewarder
-from stages.rl.rollouts import Rollouts, RolloutSettings, Sequence
+from stages.rl.rollouts import Rollouts, RolloutSettings, Sequence, trained_only
 
 LN2 = math.log(2)
 
@@ -178,6 +178,42 @@ def test_a_packed_row_scores_each_sequence_as_if_alone(checkpoint):
             labels[0, sequence.prompt_len - 1:-1] = ids[0, sequence.prompt_len:]
             alone, _ = model(ids, labels)
             torch.testing.assert_close(packed[row, first:last], alone[0, sequence.prompt_len - 1:-1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalisation", ["dapo", "grpo", "dr_grpo"])
+def test_completions_out_of_the_loss_are_out_of_the_batch_and_the_loss_is_the_same(checkpoint, normalisation):
+    """A completion the loss does not train (a zero-variance group, a truncated answer) is not packed or scored: the
+    loss and its gradient are those of the batch that packs it masked, under every normalisation (dr_grpo counts
+    it in its denominator)."""
+    from model.checkpoint import load_model
+
+    model = TokenLogprobs(load_model(checkpoint, dtype=torch.float32))
+    rollouts = packing_rollouts(normalisation)
+    rollouts.s.reference = False  # beta 0: no KL term, no reference to score with
+    loss = PolicyLoss(normalisation, 0.2, 0.28, beta=0.0, max_new_tokens=4)
+    sequences = [Sequence(np.array([10, 11, 12, 20, 21]), 3, 0.5, True), Sequence(np.array([15, 16, 25, 26]), 2, 2.0, False),
+                 Sequence(np.array([13, 14, 22, 23, 24]), 2, -1.0, True)]
+
+    def loss_and_gradient(minibatch):
+        rollouts.score_old_and_reference([minibatch])
+        batch = minibatch[0]
+        model.zero_grad()
+        logprobs, entropy = model(batch["input_ids"], batch["labels"], batch["position_ids"], entropy=True)
+        value = loss(logprobs, entropy, batch)[0] / loss.denominator(batch)
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in model.parameters()]
+
+    masked_loss, masked_gradient = loss_and_gradient(rollouts.pack(sequences))
+    kept, left_out = trained_only(sequences)
+    assert [s.trained for s in kept] == [True, True] and left_out == 1
+    batch, _ = lean = rollouts.pack(kept, left_out)
+    assert not {25, 26} & set(batch["input_ids"].flatten().tolist()) and float(batch["sequences"].sum()) == 3
+    lean_loss, lean_gradient = loss_and_gradient(lean)
+    torch.testing.assert_close(lean_loss, masked_loss)
+    for lean_part, masked_part in zip(lean_gradient, masked_gradient):
+        torch.testing.assert_close(lean_part, masked_part, atol=1e-6, rtol=1e-5)
+    untrained = [Sequence(s.ids, s.prompt_len, s.advantage, False) for s in sequences]
+    assert trained_only(untrained) == (untrained[:1], 2)  # nothing trains: one is kept, and the step's loss is zero
 
 
 # ------------------------------------------------------------------ the command

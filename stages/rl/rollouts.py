@@ -12,8 +12,8 @@ One rollout step feeds `updates_per_batch` optimizer steps, so `batch(step)` mak
    with dynamic sampling, groups whose rewards are all equal are dropped and more prompts drawn, up to a cap;
 4. advantages: group-relative (advantages.py);
 5. pack: prompt + completion sequences, best-fit into rows (no padding rows), position ids restarting per
-   sequence; only completion tokens have labels; truncated completions and zero-variance groups can be masked
-   out of the loss;
+   sequence; only completion tokens have labels; truncated completions and zero-variance groups can be left
+   out of the loss, and are then left out of the rows (trained_only);
 6. score: the reference's log-probability of every completion token and, when several updates share the batch,
    the old policy's, with the trainer's own forward, so the first update's ratio is exactly 1; the old policy's
    entropy picks the top-entropy tokens when only those are trained.
@@ -113,7 +113,8 @@ class Rollouts:
                      for g, group in enumerate(groups) for c, completion in enumerate(group.completions)]
         order = np.random.default_rng([self.s.seed, step, 2]).permutation(len(sequences))
         scored_at = time.perf_counter()
-        minibatches = [self.pack([sequences[i] for i in part]) for part in np.array_split(order, self.s.updates_per_batch)]
+        minibatches = [self.pack(*trained_only([sequences[i] for i in part]))
+                       for part in np.array_split(order, self.s.updates_per_batch)]
         self.score_old_and_reference(minibatches)
         timing["seconds_scoring"] = time.perf_counter() - scored_at
         self._metrics = self.metrics(groups, zero_variance, timing, draws, minibatches)
@@ -200,8 +201,10 @@ class Rollouts:
         return Sequence(np.array(group.prompt.ids + ids, dtype=np.int64), len(group.prompt.ids), float(advantage), trained,
                         sampler)
 
-    def pack(self, sequences: list[Sequence]) -> tuple[dict, list[tuple[int, int, int]]]:
-        """A mini-batch of packed rows, and each sequence's (row, first, last+1) span of trained positions."""
+    def pack(self, sequences: list[Sequence], left_out: int = 0) -> tuple[dict, list[tuple[int, int, int]]]:
+        """A mini-batch of packed rows, and each sequence's (row, first, last+1) span of trained positions. `left_out`
+        completions that are not packed (trained_only) are counted in the first row's `sequences`, so dr_grpo's
+        denominator (completions x max new tokens) is what it would be with them packed."""
         import torch
 
         lengths = [len(s.ids) for s in sequences]
@@ -232,6 +235,7 @@ class Rollouts:
                 spans.append((r, first, last))
                 start += n
             positions[r, start:] = np.arange(width - start)
+        count[0] += left_out
         batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
                  "position_ids": torch.from_numpy(positions), "advantages": torch.from_numpy(advantages),
                  "loss_mask": torch.from_numpy(mask), "sequences": torch.from_numpy(count)}
@@ -290,3 +294,12 @@ class Rollouts:
             **({"seconds_weight_push": timing["seconds_weight_push"]} if "seconds_weight_push" in timing else {}),
             **({"verifier_failures": dict(timing["failures"])} if timing["failures"] else {}),
         }
+
+
+def trained_only(sequences: list[Sequence]) -> tuple[list[Sequence], int]:
+    """The completions the loss trains, and how many were left out. A completion out of the loss (its group's rewards
+    all equal with --skip-zero-variance, cut at the budget with --mask-truncated) adds nothing to it or its gradient,
+    so packing it and scoring it with the policy and the reference is wasted work: with the recipe's 16 samples a tiny
+    model's groups are all-equal 60-70% of the time. One is kept when none trains, so the step runs with a zero loss."""
+    trained = [s for s in sequences if s.trained] or sequences[:1]
+    return trained, len(sequences) - len(trained)
