@@ -48,6 +48,11 @@ def test_chunked_logprobs_equal_the_plain_cross_entropy_in_value_and_gradient(ch
     for mine, theirs in zip(chunked_grads, plain_grads):
         assert torch.allclose(mine, theirs, atol=1e-6)
     assert (logprobs[labels == IGNORE] == 0).all()
+    # asking for the entropy too (rl) changes neither the log-probabilities nor their gradient, by a single bit
+    with_entropy, _ = chunked_logprobs(hidden, weight, labels, scale, chunk, entropy=True)
+    assert torch.equal(with_entropy, logprobs)
+    for mine, alone in zip(torch.autograd.grad(-with_entropy.sum(), (hidden, weight)), chunked_grads):
+        assert torch.equal(mine, alone)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])

@@ -131,9 +131,12 @@ def _chunk(hidden, weight, labels, scale: float, entropy: bool):
     # scaling the H-wide input costs less than scaling the V-wide logits; the fused cross-entropy is the fastest
     # log-softmax-and-pick there is (and gives 0 where the label is IGNORE)
     logits = F.linear(hidden * scale if scale != 1.0 else hidden, weight).float()
-    logp = -F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
     if not entropy:
-        return logp, torch.zeros(0, device=logp.device)
+        return -F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none"), torch.zeros(0, device=logits.device)
+    # with the entropy, one log-softmax serves both: cross_entropy is nll_loss of log_softmax, so the picked entries and
+    # their gradients are the same bit for bit, without a second V-wide log-softmax
     log_probs = torch.log_softmax(logits, dim=-1)
+    scored = labels != IGNORE
+    logp = torch.where(scored, log_probs.gather(1, labels.clamp(min=0)[:, None]).squeeze(1), 0.0)
     ent = -(log_probs.exp() * log_probs).sum(-1)
-    return logp, torch.where(labels != IGNORE, ent, torch.zeros_like(ent))
+    return logp, torch.where(scored, ent, torch.zeros_like(ent))
