@@ -131,7 +131,8 @@ $(filter-out tokenizer filter,$(STAGES)):
 	rm -f $(CK)/$@/lineage.json && $(MAKE) $(CK)/$@/lineage.json
 
 # Side-by-side measurements with the tools a user would otherwise pick (their packages are installed here only).
-# bench_pretrain and bench_eval_agreement use what `make all` made (phase-1 shards, the phase-4 checkpoint).
+# bench_pretrain, bench_eval_agreement and bench_eval_memory use what `make all` made (phase-1 shards, the phase-4
+# checkpoint, the tokenizer).
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	test -f runs/tiny/checkpoints/pretrain-phase-4/lineage.json || $(MAKE) all
@@ -140,6 +141,7 @@ bench: install
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_pretrain.py
 	$(PY) benchmarks/bench_eval_agreement.py
+	$(PY) benchmarks/bench_eval_memory.py
 	$(PY) benchmarks/bench_filter.py
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_sandbox.py

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS  # noqa: E402
 
-BENCHMARKS = ("tokenize", "mix", "memory", "pretrain", "eval_agreement", "filter", "sft", "sandbox", "rl", "reward_model")
+BENCHMARKS = ("tokenize", "mix", "memory", "pretrain", "eval_agreement", "eval_memory", "filter", "sft", "sandbox", "rl", "reward_model")
 
 
 def ratio_rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
