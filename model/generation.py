@@ -394,19 +394,20 @@ class LocalEngine:
         from granite_cli.training import IGNORE
         from granite_cli.training.logprobs import TokenLogprobs
 
-        if self.scorer is None:
-            scorer = TokenLogprobs(self.model)
-            probe = torch.arange(min(8, self.model.config.vocab_size), device=self.device)[None]
-            with torch.no_grad():
-                own = torch.log_softmax(self.model(input_ids=probe).logits.float(), -1)[0, :-1].gather(1, probe[0, 1:, None])
-                labels = torch.cat([probe[:, 1:], probe.new_full((1, 1), IGNORE)], dim=1)
-                mine = scorer.score(probe, labels)[0][0, :-1, None]
-            tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2  # bf16 rounds the two orders differently
-            if not torch.allclose(own, mine, rtol=tolerance, atol=tolerance):
-                raise BadInput(f"log-likelihood scoring supports causal LMs whose logits are lm_head(h) / logits_scaling; "
-                               f"this model's ({type(self.model).__name__}) are not", self.name)
-            self.scorer = scorer
-        return self.scorer
+        if self.scorer is not None:
+            return self.scorer
+        scorer = TokenLogprobs(self.model)
+        probe = torch.arange(min(8, self.model.config.vocab_size), device=self.device)[None]
+        with torch.no_grad():
+            own = torch.log_softmax(self.model(input_ids=probe).logits.float(), -1)[0, :-1].gather(1, probe[0, 1:, None])
+        labels = torch.cat([probe[:, 1:], probe.new_full((1, 1), IGNORE)], dim=1)
+        mine = scorer.score(probe, labels)[0][0, :-1, None]
+        tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2  # bf16 rounds the two orders differently
+        if not torch.allclose(own, mine, rtol=tolerance, atol=tolerance):
+            raise BadInput(f"log-likelihood scoring supports causal LMs whose logits are lm_head(h) / logits_scaling; "
+                           f"this model's ({type(self.model).__name__}) are not", self.name)
+        self.scorer = scorer
+        return scorer
 
 
 def _weights_digest(path: Path) -> str:

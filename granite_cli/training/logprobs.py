@@ -120,17 +120,21 @@ def scored_targets(hidden, weight, labels, scale: float, chunk_tokens: int):
     greedy = torch.zeros(flat_labels.shape, dtype=torch.bool, device=hidden.device)
     for start in range(0, where.numel(), chunk_tokens):
         index = where[start:start + chunk_tokens]
-        logits = F.linear(flat_hidden[index] * scale if scale != 1.0 else flat_hidden[index], weight).float()
+        logits = _project(flat_hidden[index], weight, scale)
         targets = flat_labels[index]
         logprobs[index] = -F.cross_entropy(logits, targets, reduction="none")
         greedy[index] = logits.argmax(-1) == targets
     return logprobs.view(labels.shape), greedy.view(labels.shape)
 
 
+def _project(hidden, weight, scale: float):
+    """fp32 logits of hidden states [N, H]: scaling the H-wide input costs less than scaling the V-wide logits."""
+    return F.linear(hidden * scale if scale != 1.0 else hidden, weight).float()
+
+
 def _chunk(hidden, weight, labels, scale: float, entropy: bool):
-    # scaling the H-wide input costs less than scaling the V-wide logits; the fused cross-entropy is the fastest
-    # log-softmax-and-pick there is (and gives 0 where the label is IGNORE)
-    logits = F.linear(hidden * scale if scale != 1.0 else hidden, weight).float()
+    # the fused cross-entropy is the fastest log-softmax-and-pick there is (and gives 0 where the label is IGNORE)
+    logits = _project(hidden, weight, scale)
     if not entropy:
         return -F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none"), torch.zeros(0, device=logits.device)
     # with the entropy, one log-softmax serves both: cross_entropy is nll_loss of log_softmax, so the picked entries and
