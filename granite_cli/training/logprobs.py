@@ -133,14 +133,11 @@ def _project(hidden, weight, scale: float):
 
 
 def _chunk(hidden, weight, labels, scale: float, entropy: bool):
-    # the fused cross-entropy is the fastest log-softmax-and-pick there is (and gives 0 where the label is IGNORE)
+    # every label here is a real one: chunked_logprobs passes the labelled positions only
     logits = _project(hidden, weight, scale)
-    if not entropy:
-        return -F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none"), torch.zeros(0, device=logits.device)
+    if not entropy:  # the fused cross-entropy is the fastest log-softmax-and-pick there is
+        return -F.cross_entropy(logits, labels, reduction="none"), torch.zeros(0, device=logits.device)
     # with the entropy, one log-softmax serves both: cross_entropy is nll_loss of log_softmax, so the picked entries and
     # their gradients are the same bit for bit, without a second V-wide log-softmax
     log_probs = torch.log_softmax(logits, dim=-1)
-    scored = labels != IGNORE
-    logp = torch.where(scored, log_probs.gather(1, labels.clamp(min=0)[:, None]).squeeze(1), 0.0)
-    ent = -(log_probs.exp() * log_probs).sum(-1)
-    return logp, torch.where(scored, ent, torch.zeros_like(ent))
+    return log_probs.gather(1, labels[:, None]).squeeze(1), -(log_probs.exp() * log_probs).sum(-1)
