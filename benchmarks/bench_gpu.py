@@ -1,31 +1,42 @@
-"""GPU throughput and correctness in one run: pre-training MFU, FSDP2, packed SFT, bf16 against fp32.
+"""GPU throughput and correctness in one run: the loss head, pre-training MFU, FSDP2, packed SFT, bf16 against fp32.
 
-On one NVIDIA GPU (H100/H200 class; under 8 minutes), with a 100,352-entry vocabulary (Granite's):
+On one NVIDIA GPU (H100/H200 class; about 6 minutes), with a 100,352-entry vocabulary (Granite's), most wanted first:
+0. the loss head alone: one row of 4K and of 32K tokens through the output projection and cross-entropy, forward and
+   backward in bf16 autocast: the whole logits (transformers' own loss), granite's chunked projection, and Liger's
+   fused linear + cross-entropy where `liger-kernel` is installed; peak memory, time, and each one's loss and
+   gradients against an fp32 reference.
 1. pretrain: `granite pretrain` of the `granite-1b` preset in bf16 with torch.compile (SDPA attention) on
-   random-token shards: median tokens/s and MFU against the GPU's measured bf16 peak (goal: >= 45%).
-2. the same under FSDP2 on one rank (torchrun), which a multi-node run uses.
-3. packed SFT: rows of several conversations each, position ids restarting per conversation (what `granite
+   random-token shards: median tokens/s and MFU against the GPU's measured bf16 matmul peak (goal: >= 45%), and
+   against the datasheet's where the GPU's is known.
+2. packed SFT: rows of several conversations each, position ids restarting per conversation (what `granite
    sft` trains on), forward and backward through the trainer's scorer in bf16: trained tokens/s, and the
    largest gap between a packed row's per-token log-probabilities and each conversation's alone.
-4. bf16 against fp32: the first steps' training loss of the same model on the same batches in both; the
+3. bf16 against fp32: the first steps' training loss of the same model on the same batches in both; the
    largest relative gap (goal: within 2%).
-It prints one table and writes benchmarks/results/gpu.json. `--smoke` runs every part small on the CPU (tiny
-preset, no compile) so the script itself is tested where there is no GPU.
+4. the pre-training run of 1 under FSDP2 on one rank (torchrun), which a multi-node run uses.
+A part that fails is recorded and the others still run; no part starts past `--budget-seconds`. It prints one table
+and writes benchmarks/results/gpu.json. `--smoke` runs every part small on the CPU (tiny preset, no compile) so the
+script itself is tested where there is no GPU.
 
-    python benchmarks/bench_gpu.py [--steps 30] [--seq-len 4096] [--smoke]
+    python benchmarks/bench_gpu.py [--steps 12] [--seq-len 4096] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, WORK, save  # noqa: E402
@@ -39,11 +50,11 @@ def synthetic_run_dir(name: str, vocab: int, seq_len: int, tokens: int) -> Path:
     from granite_cli.data.tokenizer_io import load_tokenizer, tokenizer_identity
     from granite_cli.data.tokenizer_train import train_bpe
 
-    run = WORK / name
+    run = WORK / f"{name}-{seq_len}x{tokens // seq_len}"
     if (run / "shards" / "phase-1" / "manifest.json").exists():
         return run
     texts = (line for path in sorted((REPO / "examples" / "data" / "pretrain").glob("*.zst"))
-             for line in subprocess.run(["zstd", "-dc", str(path)], capture_output=True).stdout.decode().splitlines())
+             for line in io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8"))
     tok = train_bpe(texts, vocab, 1, f"granite-{name}")  # the vocabulary size matters for FLOPs; the merges do not
     tok.save_pretrained(str(run / "tokenizer"))
     tok = load_tokenizer(str(run / "tokenizer"))
@@ -61,26 +72,115 @@ def synthetic_run_dir(name: str, vocab: int, seq_len: int, tokens: int) -> Path:
     return run
 
 
+# ------------------------------------------------------------------ 0: the loss head alone
+def loss_head(args, device) -> dict:
+    """The output projection + cross-entropy of one row of 4K and of 32K tokens, as training runs it (bf16 autocast,
+    fp32 weight): the whole logits (transformers' own loss), granite's chunked projection, and Liger's fused linear +
+    cross-entropy where it is installed. Peak memory above the inputs, forward + backward time, and each one's
+    loss, input gradient and weight gradient against an fp32 reference."""
+    import torch
+    import torch.nn.functional as F
+
+    from granite_cli.training.logprobs import chunked_logprobs, default_chunk_tokens
+
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        LigerFusedLinearCrossEntropyLoss = None
+    scale = 1 / 8.0  # granite-1b's logits_scaling
+    cuda = device.type == "cuda"
+    autocast_dtype = torch.bfloat16 if cuda else torch.float32
+
+    def whole(hidden, weight, labels):
+        return F.cross_entropy(F.linear(hidden * scale, weight).float(), labels, reduction="sum")
+
+    def granite(hidden, weight, labels):
+        return -chunked_logprobs(hidden[None], weight, labels[None], scale, default_chunk_tokens(len(weight)))[0].sum()
+
+    heads = {"whole logits": whole, "granite chunked": granite}
+    if LigerFusedLinearCrossEntropyLoss is not None and cuda:
+        liger = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+        per_token = LigerFusedLinearCrossEntropyLoss(reduction="none")  # what a per-token scorer would call
+        # Liger's kernels take the weight in the activations' dtype (its gradient still reaches the fp32 weight)
+        heads["liger fused"] = lambda hidden, weight, labels: liger(weight.to(hidden.dtype), hidden * scale, labels)
+        heads["liger fused, per token"] = lambda hidden, weight, labels: per_token(
+            weight.to(hidden.dtype), hidden * scale, labels).sum()
+
+    def run(head, hidden, weight, labels, dtype):
+        hidden = hidden.detach().requires_grad_()
+        weight = weight.detach().requires_grad_()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = head(hidden, weight, labels)
+        loss.backward()
+        return loss.detach().float(), hidden.grad.float(), weight.grad.float()
+
+    def gap(value, reference):
+        return float((value - reference).norm() / reference.norm())
+
+    def measure(head, hidden, weight, labels, reference) -> dict:
+        times = []
+        for _ in range(args.head_repeats):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() if cuda else 0
+            started = time.perf_counter()
+            loss, hidden_grad, weight_grad = run(head, hidden, weight, labels, autocast_dtype)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else None
+            del hidden_grad, weight_grad
+        loss, hidden_grad, weight_grad = run(head, hidden, weight, labels, autocast_dtype)
+        return {"peak_gib": peak, "seconds": float(np.median(times[1:] or times)),
+                "loss_gap": abs(float(loss - reference[0])) / abs(float(reference[0])),
+                "hidden_grad_gap": gap(hidden_grad, reference[1]), "weight_grad_gap": gap(weight_grad, reference[2])}
+
+    results = {}
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    for tokens in args.head_tokens:
+        weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(device)
+        hidden = torch.randn(tokens, args.hidden, generator=generator).to(device, autocast_dtype)
+        labels = torch.randint(0, args.vocab, (tokens,), generator=generator).to(device)
+        reference = run(whole, hidden.float(), weight, labels, torch.float32)
+        row = {}
+        for name, head in heads.items():
+            try:
+                row[name] = measure(head, hidden, weight, labels, reference)
+            except Exception as error:  # a kernel that fails here is a finding, not the end of the check
+                row[name] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+        results[str(tokens)] = row
+        del reference, weight, hidden
+    return results
+
+
 # ------------------------------------------------------------------ 1, 2, 4: granite pretrain runs
-def pretrain(run_dir: Path, args, name: str, precision: str, launcher: tuple = (), extra: tuple = ()) -> list[dict]:
-    """The metrics lines of one `granite pretrain` run."""
+def pretrain(run_dir: Path, args, name: str, precision: str, launcher: tuple = (), extra: tuple = (),
+             steps: int | None = None, batch_tokens: str | None = None, micro_batch: int | None = None) -> list[dict]:
+    """The metrics lines of one `granite pretrain` run; its checkpoint is deleted (granite-1b's weights and optimizer
+    state are 14 GB a run)."""
     out = run_dir / "checkpoints" / name
     command = [sys.executable, *launcher, "-m", "granite_cli", "pretrain", "--run-dir", str(run_dir), "-o", str(out),
-               "--overwrite", "--preset", args.preset, "--seq-len", str(args.seq_len), "--batch-tokens", args.batch_tokens,
-               "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--precision", precision,
-               "--log-every", "1", "--val-tokens", str(args.seq_len), "--seed", "0",
+               "--overwrite", "--preset", args.preset, "--seq-len", str(args.seq_len),
+               "--batch-tokens", batch_tokens or args.batch_tokens, "--micro-batch", str(micro_batch or args.micro_batch),
+               "--steps", str(steps or args.steps), "--precision", precision, "--log-every", "1",
+               "--val-tokens", str(args.seq_len), "--seed", "0", "--peak-tflops", str(args.peak_tflops),
                *(("--compile",) if args.compile else ()), *extra]
-    if args.peak_tflops:
-        command += ["--peak-tflops", str(args.peak_tflops)]
     subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                    stderr=None if args.verbose else subprocess.DEVNULL)
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for done in (out, out.with_name(f"{out.name}.steps")):
+        shutil.rmtree(done, ignore_errors=True)
+    return lines
 
 
-def throughput(lines: list[dict]) -> dict:
-    steady = [m for m in lines if m.get("mfu") is not None][3:]  # the first steps include compilation
-    return {"tokens_per_second": float(np.median([m["tokens_per_second"] for m in steady])),
-            "mfu": float(np.median([m["mfu"] for m in steady]))}
+def throughput(lines: list[dict], args) -> dict:
+    """Median tokens/s and MFU of the steps after the first three (those include compilation); MFU against the
+    measured peak, and against the datasheet's dense bf16 peak where the GPU is one whose figure is known."""
+    steady = [m for m in lines if m.get("mfu") is not None][3:]
+    mfu = float(np.median([m["mfu"] for m in steady]))
+    return {"tokens_per_second": float(np.median([m["tokens_per_second"] for m in steady])), "steps_timed": len(steady),
+            "mfu": mfu, "mfu_datasheet": mfu * args.peak_tflops / args.datasheet_tflops if args.datasheet_tflops else None}
 
 
 def loss_gap(bf16: list[dict], fp32: list[dict]) -> dict:
@@ -156,55 +256,147 @@ def packed_sft(args, device) -> dict:
 
 
 # ------------------------------------------------------------------ the run
+DATASHEET_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H200": 989.4}  # dense bf16, SXM parts (NVIDIA's datasheets)
+
+
+def measured_peak_tflops(device) -> float:
+    """bf16 matmul TFLOP/s of an 8192-cube product (mean of ten after three warm-ups): the ceiling MFU is read
+    against, measured rather than taken from a datasheet."""
+    import torch
+
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 10 * 2 * 8192**3 / (time.perf_counter() - started) / 1e12
+
+
+def parts(args, device, run_dir: Path) -> dict:
+    """Each part of the check, most wanted first: a part that fails is recorded and the rest still run."""
+    fsdp = ("-m", "torch.distributed.run", "--nproc-per-node", "1")
+    eager = argparse.Namespace(**{**vars(args), "compile": False})  # the loss comparison, without compilation
+
+    def precision_gap():
+        loss_run = {"steps": args.loss_steps, "batch_tokens": args.loss_batch_tokens, "micro_batch": args.loss_micro_batch}
+        return loss_gap(pretrain(run_dir, eager, "bf16-eager", "bf16", **loss_run),
+                        pretrain(run_dir, eager, "fp32", "fp32", **loss_run))
+
+    return {"loss_head": lambda: loss_head(args, device),
+            "pretrain": lambda: throughput(pretrain(run_dir, args, "bf16", "bf16"), args),
+            "packed_sft": lambda: packed_sft(eager, device),
+            "bf16_vs_fp32": precision_gap,
+            "pretrain_fsdp2": lambda: throughput(pretrain(run_dir, args, "fsdp2", "bf16", fsdp, ("--parallel", "fsdp")), args)}
+
+
 def table(results: dict) -> str:
-    rows = [("pretrain, bf16 + compile", f"{results['pretrain']['tokens_per_second']:,.0f} tok/s",
-             f"MFU {results['pretrain']['mfu']:.1%}", "MFU >= 45%"),
-            ("pretrain, FSDP2 on one rank", f"{results['pretrain_fsdp2']['tokens_per_second']:,.0f} tok/s",
-             f"MFU {results['pretrain_fsdp2']['mfu']:.1%}", ""),
-            ("packed SFT, forward + backward", f"{results['packed_sft']['trained_tokens_per_second']:,.0f} trained tok/s",
-             f"packed vs alone: {results['packed_sft']['max_logprob_gap_packed_vs_alone']:.2e}", "gap <= 5e-2 in bf16"),
-            ("bf16 vs fp32 loss, first steps", f"{results['bf16_vs_fp32']['steps']} steps",
-             f"max gap {results['bf16_vs_fp32']['max_relative_gap']:.2%}", "<= 2%")]
+    """One line a part: what ran, its figure, its check, the goal; a part that failed or was not reached says so."""
+    def part(name, describe):
+        value = results.get(name)
+        if not isinstance(value, dict) or "error" in value or "skipped" in value:
+            reason = (value or {}).get("error") or (value or {}).get("skipped") or "not run"
+            return [(name.replace("_", " "), "-", str(reason)[:100], "")]
+        return describe(value)
+
+    def mfu(value):
+        datasheet = f", {value['mfu_datasheet']:.1%} of the datasheet peak" if value.get("mfu_datasheet") else ""
+        return f"MFU {value['mfu']:.1%} of the measured peak{datasheet}"
+
+    def head(value):
+        lines = []
+        for tokens, row in value.items():
+            for name, m in row.items():
+                if "error" in m:
+                    lines.append((f"loss head, {int(tokens):,} tokens, {name}", "-", m["error"][:100], ""))
+                    continue
+                memory = f"{m['peak_gib']:.2f} GiB, " if m["peak_gib"] is not None else ""
+                lines.append((f"loss head, {int(tokens):,} tokens, {name}", f"{memory}{m['seconds'] * 1e3:.1f} ms",
+                              f"vs fp32: loss {m['loss_gap']:.1e}, grads {m['hidden_grad_gap']:.1e} / "
+                              f"{m['weight_grad_gap']:.1e}", ""))
+        return lines
+
+    rows = [*part("loss_head", head),
+            *part("pretrain", lambda v: [("pretrain, bf16 + compile", f"{v['tokens_per_second']:,.0f} tok/s", mfu(v),
+                                          "MFU >= 45%")]),
+            *part("pretrain_fsdp2", lambda v: [("pretrain, FSDP2 on one rank", f"{v['tokens_per_second']:,.0f} tok/s",
+                                                mfu(v), "")]),
+            *part("packed_sft", lambda v: [("packed SFT, forward + backward", f"{v['trained_tokens_per_second']:,.0f} trained tok/s",
+                                            f"packed vs alone: {v['max_logprob_gap_packed_vs_alone']:.2e}",
+                                            "gap <= 5e-2 in bf16")]),
+            *part("bf16_vs_fp32", lambda v: [("bf16 vs fp32 loss, first steps", f"{v['steps']} steps",
+                                              f"max gap {v['max_relative_gap']:.2%}", "<= 2%")])]
     width = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, width)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, width)).rstrip() for row in rows)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="pre-training steps per run")
+    parser.add_argument("--steps", type=int, default=12, help="pre-training steps of each throughput run (the first 3 untimed)")
     parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--batch-tokens", default="256K")
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--batch-tokens", default="65536", help="tokens a throughput step (four micro-batches of 4 x 4,096)")
+    parser.add_argument("--micro-batch", type=int, default=4, help="rows a forward")
+    parser.add_argument("--loss-steps", type=int, default=6, help="steps of the bf16 against fp32 loss comparison")
+    parser.add_argument("--loss-batch-tokens", default="32768")
+    parser.add_argument("--loss-micro-batch", type=int, default=2, help="fp32 activations take twice bf16's memory")
     parser.add_argument("--sft-steps", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=None, help="default: the GPU's bf16 peak, measured")
+    parser.add_argument("--head-tokens", default="4096,32768", help="row lengths of the loss-head comparison")
+    parser.add_argument("--head-repeats", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="default: the GPU's bf16 matmul peak, measured")
+    parser.add_argument("--budget-seconds", type=float, default=330,
+                        help="no part starts after this many seconds (the parts run most wanted first)")
+    parser.add_argument("--parts", default=None, help="only these parts, comma-separated (loss_head, pretrain, packed_sft, "
+                        "bf16_vs_fp32, pretrain_fsdp2); results go to gpu-PART-PART.json. Default: all, to gpu.json")
     parser.add_argument("--smoke", action="store_true", help="every part small on the CPU (tests the script, not the GPU)")
     parser.add_argument("--verbose", action="store_true", help="show granite's own output")
     args = parser.parse_args(argv)
     import torch
 
+    args.head_tokens = [int(n) for n in args.head_tokens.split(",")]
+    args.parts = args.parts.split(",") if args.parts else None
     if args.smoke:
-        args.preset, args.vocab, args.compile, args.steps, args.seq_len = "tiny-2m", 2048, False, 6, 128
-        args.batch_tokens, args.micro_batch, args.sft_steps, args.peak_tflops = "1024", 4, 3, args.peak_tflops or 1.0
-        device, name = torch.device("cpu"), "gpu-smoke"
+        args.preset, args.vocab, args.hidden, args.compile, args.steps, args.seq_len = "tiny-2m", 2048, 64, False, 6, 128
+        args.batch_tokens, args.micro_batch, args.sft_steps, args.loss_batch_tokens = "1024", 4, 3, "1024"
+        args.head_tokens, args.head_repeats, args.peak_tflops = [256, 1024], 2, args.peak_tflops or 1.0
+        device, name, args.datasheet_tflops = torch.device("cpu"), "gpu-smoke", None
     else:
         if not torch.cuda.is_available():
             raise SystemExit("needs an NVIDIA GPU (or --smoke to test the script on the CPU)")
-        args.preset, args.vocab, args.compile, device, name = "granite-1b", VOCAB, True, torch.device("cuda"), "gpu-run"
+        args.preset, args.vocab, args.hidden, args.compile, device = "granite-1b", VOCAB, 2048, True, torch.device("cuda")
+        name = "gpu-run"
+        args.peak_tflops = args.peak_tflops or measured_peak_tflops(device)
+        gpu = torch.cuda.get_device_name()
+        args.datasheet_tflops = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if gpu.endswith(k)), None)
     started = time.perf_counter()
-    run_dir = synthetic_run_dir(name, args.vocab, args.seq_len, args.seq_len * (64 if args.smoke else 4096))
-    bf16 = pretrain(run_dir, args, "bf16", "bf16")
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)", "preset": args.preset,
-               "seq_len": args.seq_len, "batch_tokens": args.batch_tokens, "pretrain": throughput(bf16)}
-    results["pretrain_fsdp2"] = throughput(pretrain(run_dir, args, "fsdp2", "bf16", ("-m", "torch.distributed.run",
-                                                                                    "--nproc-per-node", "1"),
-                                                    ("--parallel", "fsdp")))
-    results["packed_sft"] = packed_sft(args, device)
-    eager = argparse.Namespace(**{**vars(args), "compile": False})  # the loss comparison, without compilation
-    bf16_eager = bf16 if not args.compile else pretrain(run_dir, eager, "bf16-eager", "bf16")
-    results["bf16_vs_fp32"] = loss_gap(bf16_eager, pretrain(run_dir, eager, "fp32", "fp32"))
+               "seq_len": args.seq_len, "batch_tokens": args.batch_tokens, "peak_tflops": args.peak_tflops,
+               "datasheet_tflops": args.datasheet_tflops, "torch": torch.__version__, "part_seconds": {}}
+    from granite_cli.recipe import parse_count
+
+    needed = max(args.steps * parse_count(args.batch_tokens), args.loss_steps * parse_count(args.loss_batch_tokens))
+    run_dir = synthetic_run_dir(name, args.vocab, args.seq_len, needed + 4 * args.seq_len)
+    for part, run in parts(args, device, run_dir).items():
+        if args.parts and part not in args.parts:
+            continue
+        if time.perf_counter() - started > args.budget_seconds:
+            results[part] = {"skipped": f"not started: past the {args.budget_seconds:.0f} s budget"}
+            continue
+        begun = time.perf_counter()
+        try:
+            results[part] = run()
+        except Exception as error:  # one part's failure must not lose the others' figures
+            traceback.print_exc()
+            results[part] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+        gc.collect()
+        if device.type == "cuda":  # what an in-process part cached would otherwise be missing from the next run's GPU
+            torch.cuda.empty_cache()
+        results["part_seconds"][part] = time.perf_counter() - begun
+        print(f"{part}: {results['part_seconds'][part]:.0f} s", file=sys.stderr, flush=True)
     results["seconds"] = time.perf_counter() - started
     print(table(results))
-    save("gpu-smoke" if args.smoke else "gpu", results)
+    save("-".join(["gpu-smoke" if args.smoke else "gpu", *(args.parts or [])]), results)
     return results
 
 

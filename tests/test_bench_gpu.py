@@ -1,5 +1,5 @@
-"""benchmarks/bench_gpu.py is tested where there is no GPU: its packed-row check and its table in-process, the
-whole script with --smoke (every part small on the CPU) in the slow suite."""
+"""benchmarks/bench_gpu.py is tested where there is no GPU: its loss-head comparison, its packed-row check, its table
+and its part-by-part run in-process, the whole script with --smoke (every part small on the CPU) in the slow suite."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ sys.path.insert(0, str(REPO))
 from benchmarks import bench_gpu  # noqa: E402
 
 
+def test_the_loss_heads_agree_with_the_fp32_reference_across_several_chunks():
+    # 2,048 entries: 8,192-token chunks, so a 20,000-token row is scored in three
+    args = argparse.Namespace(vocab=2048, hidden=32, head_tokens=[20_000], head_repeats=1)
+    row = bench_gpu.loss_head(args, torch.device("cpu"))["20000"]
+    assert set(row) == {"whole logits", "granite chunked"}  # Liger's kernels need a GPU
+    for measured in row.values():
+        assert measured["loss_gap"] < 1e-5 and measured["hidden_grad_gap"] < 1e-5 and measured["weight_grad_gap"] < 1e-5
+        assert measured["seconds"] > 0 and measured["peak_gib"] is None  # peak memory is read on CUDA only
+
+
 def test_packed_rows_score_each_conversation_as_alone_and_the_table_reads():
     args = argparse.Namespace(preset="tiny-2m", vocab=512, seq_len=64, compile=False, micro_batch=2, sft_steps=3)
     sft = bench_gpu.packed_sft(args, torch.device("cpu"))
@@ -22,10 +32,31 @@ def test_packed_rows_score_each_conversation_as_alone_and_the_table_reads():
     assert sft["trained_tokens_per_second"] > 0
     gap = bench_gpu.loss_gap([{"loss": 2.02}, {"loss": 1.5}], [{"loss": 2.0}, {"loss": 1.5}])
     assert gap["max_relative_gap"] == pytest.approx(0.01)
-    results = {"pretrain": {"tokens_per_second": 1e5, "mfu": 0.47}, "pretrain_fsdp2": {"tokens_per_second": 9e4, "mfu": 0.42},
-               "packed_sft": sft, "bf16_vs_fp32": gap}
-    text = bench_gpu.table(results)
-    assert "MFU 47.0%" in text and "max gap 1.00%" in text and len(text.splitlines()) == 4
+    head = {"4096": {"granite chunked": {"peak_gib": 0.5, "seconds": 0.01, "loss_gap": 1e-3, "hidden_grad_gap": 2e-3,
+                                        "weight_grad_gap": 3e-3},
+                     "liger fused": {"error": "RuntimeError: no kernel"}}}
+    results = {"loss_head": head, "pretrain": {"tokens_per_second": 1e5, "mfu": 0.47, "mfu_datasheet": 0.4},
+               "pretrain_fsdp2": {"error": "ChildProcessError: rank 0 failed"},
+               "packed_sft": sft, "bf16_vs_fp32": {"skipped": "not started: past the 420 s budget"}}
+    lines = bench_gpu.table(results).splitlines()
+    assert len(lines) == 6
+    assert "0.50 GiB, 10.0 ms" in lines[0] and "RuntimeError: no kernel" in lines[1]
+    assert "MFU 47.0% of the measured peak, 40.0% of the datasheet peak" in lines[2]
+    assert "rank 0 failed" in lines[3] and "past the 420 s budget" in lines[5]
+
+
+def test_a_failing_part_is_recorded_and_the_others_still_run(monkeypatch):
+    def broken():
+        raise RuntimeError("CUDA error: out of memory")
+
+    ran = []
+    monkeypatch.setattr(bench_gpu, "parts", lambda args, device, run_dir: {
+        "loss_head": broken, "pretrain": lambda: ran.append("pretrain") or {"tokens_per_second": 1.0, "mfu": 0.5}})
+    results = bench_gpu.main(["--smoke"])
+    assert results["loss_head"] == {"error": "RuntimeError: CUDA error: out of memory"} and ran == ["pretrain"]
+    assert results["pretrain"]["mfu"] == 0.5 and set(results["part_seconds"]) == {"loss_head", "pretrain"}
+    skipped = bench_gpu.main(["--smoke", "--budget-seconds", "-1"])  # no part starts past the budget
+    assert "skipped" in skipped["loss_head"] and "skipped" in skipped["pretrain"] and ran == ["pretrain"]
 
 
 @pytest.mark.slow
@@ -34,3 +65,5 @@ def test_the_whole_gpu_script_runs_small_on_the_cpu():
     assert results["pretrain"]["mfu"] > 0 and results["pretrain_fsdp2"]["tokens_per_second"] > 0
     assert results["bf16_vs_fp32"]["max_relative_gap"] < 0.02
     assert results["packed_sft"]["max_logprob_gap_packed_vs_alone"] < 1e-4
+    assert results["loss_head"]["1024"]["granite chunked"]["loss_gap"] < 1e-5
+    assert set(results["part_seconds"]) == {"loss_head", "pretrain", "packed_sft", "bf16_vs_fp32", "pretrain_fsdp2"}
