@@ -332,6 +332,27 @@ def table(results: dict) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, width)).rstrip() for row in rows)
 
 
+def headline_ratios(results: dict) -> dict:
+    """The figures `make bench`'s summary shows (benchmarks/summary.py reads keys named "ratio"), of the parts that ran."""
+    ratios = {}
+    for run in ("pretrain", "pretrain_fsdp2"):
+        if "mfu" in results.get(run, {}):
+            ratios[f"{run}_mfu_of_measured_peak"] = results[run]["mfu"]
+            if results[run].get("mfu_datasheet"):
+                ratios[f"{run}_mfu_of_datasheet_peak"] = results[run]["mfu_datasheet"]
+    if "max_relative_gap" in results.get("bf16_vs_fp32", {}):
+        ratios["bf16_vs_fp32_loss_gap"] = results["bf16_vs_fp32"]["max_relative_gap"]
+    for tokens, row in results.get("loss_head", {}).items():
+        if not isinstance(row, dict):  # the part failed or was skipped
+            continue
+        granite, whole, liger = (row.get(name, {}) for name in ("granite chunked", "whole logits", "liger fused"))
+        if granite.get("peak_gib") and whole.get("peak_gib"):
+            ratios[f"head_memory_granite_vs_whole_logits_{tokens}"] = granite["peak_gib"] / whole["peak_gib"]
+        if "seconds" in granite and "seconds" in liger:
+            ratios[f"head_time_granite_vs_liger_{tokens}"] = granite["seconds"] / liger["seconds"]
+    return ratios
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=12, help="pre-training steps of each throughput run (the first 3 untimed)")
@@ -395,6 +416,7 @@ def main(argv=None) -> dict:
         results["part_seconds"][part] = time.perf_counter() - begun
         print(f"{part}: {results['part_seconds'][part]:.0f} s", file=sys.stderr, flush=True)
     results["seconds"] = time.perf_counter() - started
+    results["ratio"], results["goal"] = headline_ratios(results), "MFU >= 0.45, bf16 loss gap <= 0.02"
     print(table(results))
     save("-".join(["gpu-smoke" if args.smoke else "gpu", *(args.parts or [])]), results)
     return results

@@ -18,13 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS  # noqa: E402
 
 BENCHMARKS = ("tokenize", "mix", "memory", "pretrain", "eval_agreement", "eval_memory", "filter", "sft", "sandbox", "rl", "reward_model")
+GPU = "gpu"  # bench_gpu.py: not part of `make bench` (it needs an NVIDIA GPU); listed when its results are there
 
 
 def ratio_rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
     """(benchmark, measure, value, goal) for each ratio in one benchmark's result."""
     goal = result.get("goal") or result.get("goals") or ""
     goal = ", ".join(f"{k} {v}" for k, v in goal.items()) if isinstance(goal, dict) else str(goal)
-    rows = [(name, measure, f"{value:.2f}x", goal) for measure, value in ratios(result)]
+    rows = [(name, measure, f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x", goal) for measure, value in ratios(result)]
     return rows or [(name, "(no ratio: see the JSON)", "", goal)]
 
 
@@ -46,6 +47,12 @@ def summary(results: Path) -> list[tuple[str, str, str, str]]:
             rows += ratio_rows(name, json.loads(path.read_text()))
         else:
             rows.append((name, "missing: the benchmark has not run", "", ""))
+    gpu = results / f"{GPU}.json"
+    if gpu.exists():
+        result = json.loads(gpu.read_text())
+        rows += [(f"{GPU} ({result.get('device', '?')})", *row[1:]) for row in ratio_rows(GPU, result)]
+    else:
+        rows.append((GPU, "not run here: needs an NVIDIA GPU (python benchmarks/bench_gpu.py)", "", ""))
     return rows
 
 

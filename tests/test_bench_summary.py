@@ -26,3 +26,13 @@ def test_every_ratio_at_any_depth_is_listed_with_its_goal_and_missing_benchmarks
     assert ("mix", "median_seconds.granite_mix") not in rows and ("filter", "peak_rss.mb") not in rows
     ran = {"mix", "sft", "filter", "tokenize", "memory"}
     assert {bench for bench, measure in rows if measure.startswith("missing")} == set(BENCHMARKS) - ran
+    assert rows[("gpu", "not run here: needs an NVIDIA GPU (python benchmarks/bench_gpu.py)")] == ("", "")
+
+
+def test_the_gpu_check_is_listed_with_its_device_when_it_ran(tmp_path):
+    (tmp_path / "gpu.json").write_text(json.dumps({"device": "NVIDIA H200", "goal": "MFU >= 0.45",
+                                                   "ratio": {"pretrain_mfu_of_measured_peak": 0.532,
+                                                             "bf16_vs_fp32_loss_gap": 0.0066}}))
+    rows = {(bench, measure): value for bench, measure, value, goal in summary(tmp_path)}
+    assert rows[("gpu (NVIDIA H200)", "ratio.pretrain_mfu_of_measured_peak")] == "0.53x"
+    assert rows[("gpu (NVIDIA H200)", "ratio.bf16_vs_fp32_loss_gap")] == "0.0066x"
