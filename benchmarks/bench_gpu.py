@@ -1,13 +1,14 @@
 """GPU throughput and correctness in one run: the loss head, pre-training MFU, FSDP2, packed SFT, bf16 against fp32.
 
-On one NVIDIA GPU (H100/H200 class; about 6 minutes), with a 100,352-entry vocabulary (Granite's), most wanted first:
+On one NVIDIA GPU (H100/H200 class; about 8 minutes on an H200), with a 100,352-entry vocabulary (Granite's), most wanted first:
 0. the loss head alone: one row of 4K and of 32K tokens through the output projection and cross-entropy, forward and
    backward in bf16 autocast: the whole logits (transformers' own loss), granite's chunked projection, and Liger's
    fused linear + cross-entropy where `liger-kernel` is installed; peak memory, time, and each one's loss and
    gradients against an fp32 reference.
 1. pretrain: `granite pretrain` of the `granite-1b` preset in bf16 with torch.compile (SDPA attention) on
-   shards of the bundled sample text (tokenized with a tokenizer of that vocabulary trained on it): median tokens/s and MFU against the GPU's measured bf16 matmul peak (goal: >= 45%), and
-   against the datasheet's where the GPU's is known.
+   shards of the bundled sample text (tokenized with a tokenizer of that vocabulary trained on it): median
+   tokens/s and MFU against the GPU's measured bf16 matmul peak (goal: >= 45%), and against the datasheet's
+   where the GPU's is known.
 2. packed SFT: rows of several conversations each, position ids restarting per conversation (what `granite
    sft` trains on), forward and backward through the trainer's scorer in bf16: trained tokens/s, and the
    largest gap between a packed row's per-token log-probabilities and each conversation's alone.
@@ -64,14 +65,16 @@ def synthetic_run_dir(name: str, vocab: int, seq_len: int, tokens: int) -> Path:
     run = WORK / f"{name}-{seq_len}x{tokens // seq_len}"
     if (run / "shards" / "phase-1" / "manifest.json").exists():
         return run
-    tok = train_bpe(sample_texts(), vocab, 1, f"granite-{name}")
+    texts = list(sample_texts())  # read once: the tokenizer is trained on them, then they are tokenized
+    tok = train_bpe(iter(texts), vocab, 1, f"granite-{name}")
     tok.save_pretrained(str(run / "tokenizer"))
     tok = load_tokenizer(str(run / "tokenizer"))
     identity = tokenizer_identity(tok, str(run / "tokenizer"))
-    documents = [ids + [identity["eos_id"]] for ids in tok(list(sample_texts()), add_special_tokens=False)["input_ids"]]
-    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(itertools.repeat(documents))),
-                       dtype=np.int64, count=tokens)
-    ends = np.cumsum([len(d) for d in documents] * (tokens // sum(len(d) for d in documents) + 1))
+    documents = [ids + [identity["eos_id"]] for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    one_pass = np.fromiter(itertools.chain.from_iterable(documents), dtype=np.int64)
+    passes = tokens // len(one_pass) + 1
+    flat = np.tile(one_pass, passes)[:tokens]
+    ends = np.cumsum(np.tile([len(d) for d in documents], passes))
     ends = np.append(ends[ends < tokens], tokens)  # the last document is cut where the tokens end
     out = run / "shards" / "phase-1"
     out.mkdir(parents=True)
@@ -399,8 +402,8 @@ def main(argv=None) -> dict:
         args.preset, args.vocab, args.hidden, args.compile, device = "granite-1b", VOCAB, 2048, True, torch.device("cuda")
         name = "gpu-run"
         args.peak_tflops = args.peak_tflops or measured_peak_tflops(device)
-        gpu = torch.cuda.get_device_name()
-        args.datasheet_tflops = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if gpu.endswith(k)), None)
+        args.datasheet_tflops = next((v for k, v in DATASHEET_BF16_TFLOPS.items()
+                                      if torch.cuda.get_device_name().endswith(k)), None)
     started = time.perf_counter()
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)", "preset": args.preset,
                "seq_len": args.seq_len, "batch_tokens": args.batch_tokens, "peak_tflops": args.peak_tflops,
