@@ -289,6 +289,9 @@ def measured_peak_tflops(device) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - started) / 1e12
 
 
+PARTS = ("loss_head", "pretrain", "packed_sft", "bf16_vs_fp32", "pretrain_fsdp2")  # the order they run in
+
+
 def parts(args, device, run_dir: Path) -> dict:
     """Each part of the check, most wanted first: a part that fails is recorded and the rest still run."""
     fsdp = ("-m", "torch.distributed.run", "--nproc-per-node", "1")
@@ -377,20 +380,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--loss-batch-tokens", default="32768")
     parser.add_argument("--loss-micro-batch", type=int, default=2, help="fp32 activations take twice bf16's memory")
     parser.add_argument("--sft-steps", type=int, default=10)
-    parser.add_argument("--head-tokens", default="4096,32768", help="row lengths of the loss-head comparison")
+    parser.add_argument("--head-tokens", default="4096,32768", type=lambda text: [int(n) for n in text.split(",")],
+                        help="row lengths of the loss-head comparison")
     parser.add_argument("--head-repeats", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, default=None, help="default: the GPU's bf16 matmul peak, measured")
     parser.add_argument("--budget-seconds", type=float, default=330,
                         help="no part starts after this many seconds (the parts run most wanted first)")
-    parser.add_argument("--parts", default=None, help="only these parts, comma-separated (loss_head, pretrain, packed_sft, "
-                        "bf16_vs_fp32, pretrain_fsdp2); results go to gpu-PART-PART.json. Default: all, to gpu.json")
+    parser.add_argument("--parts", default=None, type=lambda text: text.split(","),
+                        help=f"only these parts, comma-separated ({', '.join(PARTS)}); results go to "
+                        "gpu-PART-PART.json. Default: all, to gpu.json")
     parser.add_argument("--smoke", action="store_true", help="every part small on the CPU (tests the script, not the GPU)")
     parser.add_argument("--verbose", action="store_true", help="show granite's own output")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.parts or ()) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: no part named {', '.join(unknown)} (the parts: {', '.join(PARTS)})")
     import torch
 
-    args.head_tokens = [int(n) for n in args.head_tokens.split(",")]
-    args.parts = args.parts.split(",") if args.parts else None
     if args.smoke:
         args.preset, args.vocab, args.hidden, args.compile, args.steps, args.seq_len = "tiny-2m", 2048, 64, False, 6, 128
         args.batch_tokens, args.micro_batch, args.sft_steps, args.loss_batch_tokens = "1024", 4, 3, "1024"
