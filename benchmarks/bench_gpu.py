@@ -3,8 +3,8 @@
 On one NVIDIA GPU (H100/H200 class; about 8 minutes on an H200), with a 100,352-entry vocabulary (Granite's), most wanted first:
 0. the loss head alone: one row of 4K and of 32K tokens through the output projection and cross-entropy, forward and
    backward in bf16 autocast: the whole logits (transformers' own loss), granite's chunked projection, and Liger's
-   fused linear + cross-entropy where `liger-kernel` is installed; peak memory, time, and each one's loss and
-   gradients against an fp32 reference.
+   fused linear + cross-entropy where `liger-kernel` is installed (summed, and per token as the trainer calls it);
+   peak memory, time, and each one's loss and gradients against an fp32 reference.
 1. pretrain: `granite pretrain` of the `granite-1b` preset in bf16 with torch.compile (SDPA attention) on
    shards of the bundled sample text (tokenized with a tokenizer of that vocabulary trained on it): median
    tokens/s and MFU against the GPU's measured bf16 matmul peak (goal: >= 45%), and against the datasheet's
@@ -15,6 +15,8 @@ On one NVIDIA GPU (H100/H200 class; about 8 minutes on an H200), with a 100,352-
 3. bf16 against fp32: the first steps' training loss of the same model on the same batches in both; the
    largest relative gap (goal: within 2%).
 4. the pre-training run of 1 under FSDP2 on one rank (torchrun), which a multi-node run uses.
+5. the pre-training run of 1 with `--loss-kernel liger` (Liger's fused linear + cross-entropy, where liger-kernel
+   is installed) instead of the default chunked head: what the kernel is worth in tokens/s.
 A part that fails is recorded and the others still run; no part starts past `--budget-seconds`. It prints one table
 and writes benchmarks/results/gpu.json. `--smoke` runs every part small on the CPU (tiny preset, no compile) so the
 script itself is tested where there is no GPU.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import io
 import itertools
 import json
@@ -95,7 +98,7 @@ def loss_head(args, device) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from granite_cli.training.logprobs import chunked_logprobs, default_chunk_tokens
+    from granite_cli.training.logprobs import chunked_logprobs, default_chunk_tokens, fused_logprobs
 
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
@@ -113,12 +116,13 @@ def loss_head(args, device) -> dict:
 
     heads = {"whole logits": whole, "granite chunked": granite}
     if LigerFusedLinearCrossEntropyLoss is not None and cuda:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
         liger = LigerFusedLinearCrossEntropyLoss(reduction="sum")
-        per_token = LigerFusedLinearCrossEntropyLoss(reduction="none")  # what a per-token scorer would call
         # Liger's kernels take the weight in the activations' dtype (its gradient still reaches the fp32 weight)
         heads["liger fused"] = lambda hidden, weight, labels: liger(weight.to(hidden.dtype), hidden * scale, labels)
-        heads["liger fused, per token"] = lambda hidden, weight, labels: per_token(
-            weight.to(hidden.dtype), hidden * scale, labels).sum()
+        heads["liger fused, per token (the trainer's)"] = lambda hidden, weight, labels: -fused_logprobs(
+            liger_fused_linear_cross_entropy, hidden[None], weight, labels[None], scale).sum()
 
     def run(head, hidden, weight, labels, dtype):
         hidden = hidden.detach().requires_grad_()
@@ -289,7 +293,7 @@ def measured_peak_tflops(device) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - started) / 1e12
 
 
-PARTS = ("loss_head", "pretrain", "packed_sft", "bf16_vs_fp32", "pretrain_fsdp2")  # the order they run in
+PARTS = ("loss_head", "pretrain", "packed_sft", "bf16_vs_fp32", "pretrain_fsdp2", "pretrain_liger")  # the order they run in
 
 
 def parts(args, device, run_dir: Path) -> dict:
@@ -302,11 +306,18 @@ def parts(args, device, run_dir: Path) -> dict:
         return loss_gap(pretrain(run_dir, eager, "bf16-eager", "bf16", **loss_run),
                         pretrain(run_dir, eager, "fp32", "fp32", **loss_run))
 
+    def liger_pretrain():
+        if device.type != "cuda" or not importlib.util.find_spec("liger_kernel"):
+            return {"skipped": "needs liger-kernel on a CUDA device"}
+        return {**throughput(pretrain(run_dir, args, "bf16-liger", "bf16", extra=("--loss-kernel", "liger")), args),
+                "loss_kernel": "liger"}
+
     return {"loss_head": lambda: loss_head(args, device),
-            "pretrain": lambda: throughput(pretrain(run_dir, args, "bf16", "bf16"), args),
+            "pretrain": lambda: {**throughput(pretrain(run_dir, args, "bf16", "bf16"), args), "loss_kernel": "chunked"},
             "packed_sft": lambda: packed_sft(eager, device),
             "bf16_vs_fp32": precision_gap,
-            "pretrain_fsdp2": lambda: throughput(pretrain(run_dir, args, "fsdp2", "bf16", fsdp, ("--parallel", "fsdp")), args)}
+            "pretrain_fsdp2": lambda: throughput(pretrain(run_dir, args, "fsdp2", "bf16", fsdp, ("--parallel", "fsdp")), args),
+            "pretrain_liger": liger_pretrain}
 
 
 def table(results: dict) -> str:
@@ -336,8 +347,10 @@ def table(results: dict) -> str:
         return lines
 
     rows = [*part("loss_head", head),
-            *part("pretrain", lambda v: [("pretrain, bf16 + compile", f"{v['tokens_per_second']:,.0f} tok/s", mfu(v),
-                                          "MFU >= 45%")]),
+            *part("pretrain", lambda v: [("pretrain, bf16 + compile" + (f", {v['loss_kernel']} loss" if "loss_kernel" in v else ""),
+                                          f"{v['tokens_per_second']:,.0f} tok/s", mfu(v), "MFU >= 45%")]),
+            *part("pretrain_liger", lambda v: [("pretrain, the same with Liger's fused loss",
+                                                  f"{v['tokens_per_second']:,.0f} tok/s", mfu(v), "")]),
             *part("pretrain_fsdp2", lambda v: [("pretrain, FSDP2 on one rank", f"{v['tokens_per_second']:,.0f} tok/s",
                                                 mfu(v), "")]),
             *part("packed_sft", lambda v: [("packed SFT, forward + backward", f"{v['trained_tokens_per_second']:,.0f} trained tok/s",
@@ -352,11 +365,14 @@ def table(results: dict) -> str:
 def headline_ratios(results: dict) -> dict:
     """The figures `make bench`'s summary shows (benchmarks/summary.py reads keys named "ratio"), of the parts that ran."""
     ratios = {}
-    for run in ("pretrain", "pretrain_fsdp2"):
+    for run in ("pretrain", "pretrain_fsdp2", "pretrain_liger"):
         if "mfu" in results.get(run, {}):
             ratios[f"{run}_mfu_of_measured_peak"] = results[run]["mfu"]
             if results[run].get("mfu_datasheet"):
                 ratios[f"{run}_mfu_of_datasheet_peak"] = results[run]["mfu_datasheet"]
+    if "tokens_per_second" in results.get("pretrain_liger", {}) and "tokens_per_second" in results.get("pretrain", {}):
+        ratios["pretrain_liger_vs_chunked_loss"] = (results["pretrain_liger"]["tokens_per_second"]
+                                                    / results["pretrain"]["tokens_per_second"])
     if "max_relative_gap" in results.get("bf16_vs_fp32", {}):
         ratios["bf16_vs_fp32_loss_gap"] = results["bf16_vs_fp32"]["max_relative_gap"]
     for tokens, row in results.get("loss_head", {}).items():

@@ -75,9 +75,10 @@ def calibration_text(offset: float) -> str:
 class RewardScores(torch.nn.Module):
     """The trainer's scorer for a reward model (the counterpart of TokenLogprobs): forward(input_ids, labels,
     position_ids) -> (score at every labelled position, 0 elsewhere; None). Only labelled positions, the last
-    token of each packed conversation, go through the head."""
+    token of each packed conversation, go through the head. `chunk_tokens` and `kernel` are the scorer's arguments
+    (the trainer passes them to every scorer); the score head is one output wide, so there is nothing to chunk or fuse."""
 
-    def __init__(self, lm, chunk_tokens: int | None = None):
+    def __init__(self, lm, chunk_tokens: int | None = None, kernel: str = "chunked"):
         super().__init__()
         self.lm = lm
 

@@ -35,14 +35,18 @@ def test_packed_rows_score_each_conversation_as_alone_and_the_table_reads():
     head = {"4096": {"granite chunked": {"peak_gib": 0.5, "seconds": 0.01, "loss_gap": 1e-3, "hidden_grad_gap": 2e-3,
                                         "weight_grad_gap": 3e-3},
                      "liger fused": {"error": "RuntimeError: no kernel"}}}
-    results = {"loss_head": head, "pretrain": {"tokens_per_second": 1e5, "mfu": 0.47, "mfu_datasheet": 0.4},
+    results = {"loss_head": head,
+               "pretrain": {"tokens_per_second": 1e5, "mfu": 0.47, "mfu_datasheet": 0.4, "loss_kernel": "chunked"},
+               "pretrain_liger": {"tokens_per_second": 8e4, "mfu": 0.376, "loss_kernel": "liger"},
                "pretrain_fsdp2": {"error": "ChildProcessError: rank 0 failed"},
                "packed_sft": sft, "bf16_vs_fp32": {"skipped": "not started: past the 420 s budget"}}
     lines = bench_gpu.table(results).splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 7
     assert "0.50 GiB, 10.0 ms" in lines[0] and "RuntimeError: no kernel" in lines[1]
-    assert "MFU 47.0% of the measured peak, 40.0% of the datasheet peak" in lines[2]
-    assert "rank 0 failed" in lines[3] and "past the 420 s budget" in lines[5]
+    assert "chunked loss" in lines[2] and "MFU 47.0% of the measured peak, 40.0% of the datasheet peak" in lines[2]
+    assert "Liger's fused loss" in lines[3] and "80,000 tok/s" in lines[3]
+    assert "rank 0 failed" in lines[4] and "past the 420 s budget" in lines[6]
+    assert bench_gpu.headline_ratios(results)["pretrain_liger_vs_chunked_loss"] == pytest.approx(0.8)
 
 
 def test_a_failing_part_is_recorded_and_the_others_still_run(monkeypatch):

@@ -222,3 +222,11 @@ def test_token_ids_beyond_the_vocabulary_are_bad_input_not_an_index_error(run_di
     result = granite("pretrain", shards, "--run-dir", run_dir, "-o", tmp_path / "ckpt", *FAST)
     err = result.stderr.decode()
     assert result.returncode == 2 and "beyond the vocabulary" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kernel, message", [("liger", "--loss-kernel liger"), ("fused", "one of chunked, liger")])
+def test_a_loss_kernel_this_machine_cannot_run_is_refused_before_training(run_dir, kernel, message):
+    out = run_dir / "checkpoints" / f"kernel-{kernel}"
+    result = granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "2", *FAST, "--loss-kernel", kernel)
+    assert result.returncode == 2 and message in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+    assert not out.exists()

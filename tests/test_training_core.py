@@ -71,6 +71,45 @@ def test_token_logprobs_match_the_models_own_logits_and_entropy(temperature):
     assert torch.allclose(entropy[keep], reference_entropy[keep], atol=1e-5)
 
 
+def plain_fused_cross_entropy(input, weight, target, ignore_index, reduction, accum_dtype):
+    """Liger's liger_fused_linear_cross_entropy, as far as granite calls it, in plain torch (Liger runs on CUDA only)."""
+    assert reduction == "none" and accum_dtype == torch.float32 and input.dtype == weight.dtype
+    return F.cross_entropy((input @ weight.T).float(), target, ignore_index=ignore_index, reduction="none")
+
+
+def test_the_fused_path_gives_the_chunked_log_probabilities_and_gradients():
+    """What granite hands the fused kernel (the scaled hidden states, flattened, labels as targets, IGNORE skipped)
+    gives the chunked projection's log p and gradients; the kernel itself is checked against it on a GPU
+    (tests/test_gpu.py)."""
+    from granite_cli.training.logprobs import fused_logprobs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 7))
+    labels[0, :2] = IGNORE
+    chunked, _ = chunked_logprobs(hidden, weight, labels, 1 / 8, 5)
+    chunked_grads = torch.autograd.grad(chunked.sum(), (hidden, weight))
+    fused = fused_logprobs(plain_fused_cross_entropy, hidden, weight, labels, 1 / 8)
+    fused_grads = torch.autograd.grad(fused.sum(), (hidden, weight))
+    torch.testing.assert_close(fused, chunked)
+    for mine, theirs in zip(fused_grads, chunked_grads):
+        torch.testing.assert_close(mine, theirs)
+    assert not fused[labels == IGNORE].any()
+
+
+def test_the_loss_kernel_is_chunked_by_default_and_one_that_cannot_run_is_refused():
+    from granite_cli.errors import BadInput
+    from granite_cli.training.logprobs import fused_kernel
+
+    cpu = torch.device("cpu")
+    assert fused_kernel("chunked", cpu) is None and TokenLogprobs(tiny_model()).fused is None
+    with pytest.raises(BadInput, match="liger"):  # not installed here, or not on CUDA: either way said, not ignored
+        fused_kernel("liger", cpu)
+    with pytest.raises(BadInput, match="one of chunked, liger"):
+        fused_kernel("auto", cpu)
+
+
 def make_trainer(tmp_path, loss=None, reference=None, micro_batch=2):
     model = tiny_model()
     settings = TrainSettings(steps=3, global_batch=4, micro_batch=micro_batch, seq_len=12, schedule=Constant(peak_lr=1e-2),

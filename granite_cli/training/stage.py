@@ -51,6 +51,7 @@ class TrainingFlags:
     seed: int = 0
     precision: str = "auto"
     compile: bool = False
+    loss_kernel: str = "chunked"
     parallel: str = "ddp"
     device: str = "auto"
     peak_tflops: Optional[float] = None
@@ -67,6 +68,10 @@ _OPTIONS = {
     "seed": (int, options.SeedOption),
     "precision": (str, typer.Option("auto", "--precision", help="fp32, bf16 (autocast), or auto: bf16 on a GPU that has it, else fp32.")),
     "compile": (bool, typer.Option(False, "--compile", help="torch.compile the model.")),
+    "loss_kernel": (str, typer.Option("chunked", "--loss-kernel", help="The output projection and cross-entropy: chunked "
+                                      "(granite's, a chunk of positions at a time) or liger (Liger's fused kernel: CUDA, "
+                                      "pip install 'granite-recipe[gpu]'; faster for micro-batches of 16K tokens and "
+                                      "more, slower at 4K). rl's loss, which wants the entropy too, is always chunked.")),
     "parallel": (str, typer.Option("ddp", "--parallel", help="Under torchrun: ddp or fsdp (FSDP2 fully_shard per layer).")),
     "device": (str, options.DeviceOption),
     "peak_tflops": (Optional[float], typer.Option(None, "--peak-tflops", help="Device peak for MFU, in TFLOP/s. Default: measured at start.")),
@@ -142,7 +147,7 @@ class TrainingRun:
             schedule=schedule, tokens_offset=offset, weight_decay=optimizer.weight_decay,
             betas=tuple(optimizer.betas), grad_clip=optimizer.grad_clip,
             log_every=f.log_every, eval_every=f.eval_every, checkpoint_every=f.checkpoint_every, keep_last=f.keep_last,
-            precision=precision, compile=f.compile, parallel=f.parallel, peak_flops=peak_flops,
+            precision=precision, compile=f.compile, loss_kernel=f.loss_kernel, parallel=f.parallel, peak_flops=peak_flops,
             flops_per_token=flops_per_token(model.config, seq))
 
     def trainer(self, model, settings, batches, tokenizer_dir: Path, lineage: list[dict], **extra):

@@ -70,6 +70,7 @@ class TrainSettings:
     peak_flops: Optional[float] = None
     flops_per_token: float = 0.0
     loss_chunk_tokens: Optional[int] = None  # positions projected onto the vocabulary at a time (None: by vocabulary size)
+    loss_kernel: str = "chunked"  # or liger (granite_cli/training/logprobs.py)
     context_parallel: int = 1  # ranks each row's positions are split across (granite_cli/training/context_parallel.py)
 
     def total_units(self) -> float:
@@ -87,7 +88,7 @@ class Trainer:
     validation: Optional[Callable[[object], dict]] = None
     loss: Loss = field(default_factory=CrossEntropy)
     reference: Optional[object] = None  # a frozen model (the stage's starting point) for logprobs(reference=True)
-    scorer: Optional[Callable] = None  # wraps the model: (model, chunk_tokens) -> module; TokenLogprobs by default
+    scorer: Optional[Callable] = None  # wraps the model: (model, chunk_tokens, kernel) -> module; TokenLogprobs by default
     step: int = 0
     tokens: int = 0  # tokens processed (inputs, padding included): what the schedule, throughput and MFU count
     trained_tokens: int = 0  # target tokens the loss was taken over
@@ -118,11 +119,12 @@ class Trainer:
         else:
             use_fp32_attention(self.model, s.precision, self.dist.device)
         # wrap before building the optimizer: FSDP2 replaces parameters with sharded ones in place
-        self.wrapped = distributed.wrap(self.scorer(self.model, s.loss_chunk_tokens), self.dist, s.parallel)
+        self.wrapped = distributed.wrap(self.scorer(self.model, s.loss_chunk_tokens, s.loss_kernel), self.dist, s.parallel)
         self.optimizer = make_optimizer(self.model, s)
         self.forward = torch.compile(self.wrapped) if s.compile else self.wrapped
         if self.reference is not None:
-            self.reference = self.scorer(self.reference.to(self.dist.device).eval().requires_grad_(False), s.loss_chunk_tokens)
+            self.reference = self.scorer(self.reference.to(self.dist.device).eval().requires_grad_(False),
+                                         s.loss_chunk_tokens, s.loss_kernel)
         self.metrics_path = self.workdir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ the loop
