@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import gzip
 import io
 import os
@@ -101,6 +102,8 @@ class ZstdProcess(io.RawIOBase):
     def __init__(self, path: str):
         self.process = subprocess.Popen([ZSTD, "-dcq", "--", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         bufsize=0)
+        with contextlib.suppress(OSError, AttributeError):  # a 1 MB pipe: fewer switches between the two processes
+            fcntl.fcntl(self.process.stdout.fileno(), fcntl.F_SETPIPE_SZ, READ_CHUNK)
 
     def readable(self) -> bool:
         return True
