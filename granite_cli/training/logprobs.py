@@ -158,12 +158,12 @@ def fused_kernel(kernel: str, device):
     return liger_fused_linear_cross_entropy
 
 
-@torch.compiler.disable  # a graph break, as the chunked path's host-side count is: dynamo cannot trace Liger's kernel
+@torch.compiler.disable  # kept out of the compiled graph: a compiled run with it inside failed (H200, 2026-12-04)
 def fused_logprobs(function, hidden, weight, labels, scale: float):
     """log p(labels) from final hidden states [B, T, H] through a fused linear + cross-entropy (Liger's): each chunk's
-    logits are made, reduced and their gradient taken inside the kernel, so neither the logits nor their recomputation
-    in the backward pass (the chunked path's checkpointing) cost anything. The kernel takes both operands in the
-    activations' dtype (the autocast's), and sums the weight's gradient in fp32 (its accum_dtype)."""
+    logits are made and reduced inside the kernel, in chunks sized for a GPU; per-token losses make it recompute them
+    in the backward pass, as the chunked path does. The kernel takes both operands in the activations' dtype (the
+    autocast's), and sums the weight's gradient in fp32 (its accum_dtype)."""
     dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
     flat = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
     loss = function(flat * scale if scale != 1.0 else flat, weight.to(dtype), labels.reshape(-1), ignore_index=IGNORE,
