@@ -1,7 +1,7 @@
 """GPU throughput and correctness in one run: the loss head, pre-training MFU, FSDP2, packed SFT, bf16 against fp32.
 
 On one NVIDIA GPU (H100/H200 class; about 8 minutes on an H200), with a 100,352-entry vocabulary (Granite's), most wanted first:
-0. the loss head alone: one row of 4K and of 32K tokens through the output projection and cross-entropy, forward and
+0. the loss head alone: one row of 4K, 16K and 32K tokens through the output projection and cross-entropy, forward and
    backward in bf16 autocast: the whole logits (transformers' own loss), granite's chunked projection, and Liger's
    fused linear + cross-entropy where `liger-kernel` is installed (summed, and per token as the trainer calls it);
    peak memory, time, and each one's loss and gradients against an fp32 reference.
@@ -16,7 +16,8 @@ On one NVIDIA GPU (H100/H200 class; about 8 minutes on an H200), with a 100,352-
    largest relative gap (goal: within 2%).
 4. the pre-training run of 1 under FSDP2 on one rank (torchrun), which a multi-node run uses.
 5. the pre-training run of 1 with `--loss-kernel liger` (Liger's fused linear + cross-entropy, where liger-kernel
-   is installed) instead of the default chunked head: what the kernel is worth in tokens/s.
+   is installed) instead of the default chunked head: what the kernel is worth in tokens/s. After the others it is
+   usually past the budget: `--parts pretrain,pretrain_liger` runs the pair (about 4 minutes on an H200).
 A part that fails is recorded and the others still run; no part starts past `--budget-seconds`. It prints one table
 and writes benchmarks/results/gpu.json. `--smoke` runs every part small on the CPU (tiny preset, no compile) so the
 script itself is tested where there is no GPU.
@@ -91,7 +92,7 @@ def synthetic_run_dir(name: str, vocab: int, seq_len: int, tokens: int) -> Path:
 
 # ------------------------------------------------------------------ 0: the loss head alone
 def loss_head(args, device) -> dict:
-    """The output projection + cross-entropy of one row of 4K and of 32K tokens, as training runs it (bf16 autocast,
+    """The output projection + cross-entropy of one row of 4K, 16K and 32K tokens, as training runs it (bf16 autocast,
     fp32 weight): the whole logits (transformers' own loss), granite's chunked projection, and Liger's fused linear +
     cross-entropy where it is installed. Peak memory above the inputs, forward + backward time, and each one's
     loss, input gradient and weight gradient against an fp32 reference."""
@@ -396,8 +397,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--loss-batch-tokens", default="32768")
     parser.add_argument("--loss-micro-batch", type=int, default=2, help="fp32 activations take twice bf16's memory")
     parser.add_argument("--sft-steps", type=int, default=10)
-    parser.add_argument("--head-tokens", default="4096,32768", type=lambda text: [int(n) for n in text.split(",")],
-                        help="row lengths of the loss-head comparison")
+    parser.add_argument("--head-tokens", default="4096,16384,32768", type=lambda text: [int(n) for n in text.split(",")],
+                        help="row lengths of the loss-head comparison (16,384: a pretrain micro-batch of 4 x 4,096)")
     parser.add_argument("--head-repeats", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, default=None, help="default: the GPU's bf16 matmul peak, measured")
     parser.add_argument("--budget-seconds", type=float, default=330,
