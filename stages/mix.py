@@ -341,22 +341,24 @@ def interleave(cursors: list[SourceCursor]) -> Iterator[tuple[SourceCursor, dict
     heapq.heapify(heap)
     while heap:
         _, order, cursor = heapq.heappop(heap)
-        item = next(cursor.documents, None)
-        if item is None:
-            continue
-        doc, line = item
-        n_tokens = cursor.counter.count(doc["text"])
-        if cursor.emitted_tokens + n_tokens > cursor.target + cursor.slack:
-            cursor.passed += 1
-            if cursor.passed < MAX_PASSES:
-                heapq.heappush(heap, (cursor.behind(), order, cursor))
-            continue
-        cursor.passed = 0
-        cursor.emitted_tokens += n_tokens
-        cursor.emitted_docs += 1
-        yield cursor, doc, line, n_tokens
-        if cursor.emitted_tokens < cursor.target - cursor.slack:
-            heapq.heappush(heap, (cursor.behind(), order, cursor))
+        count, documents = cursor.counter.count, cursor.documents
+        for doc, line in documents:  # this source's documents, while it stays the one furthest behind
+            n_tokens = count(doc["text"])
+            if cursor.emitted_tokens + n_tokens > cursor.target + cursor.slack:
+                cursor.passed += 1
+                if cursor.passed < MAX_PASSES:
+                    heapq.heappush(heap, (cursor.behind(), order, cursor))
+                break
+            cursor.passed = 0
+            cursor.emitted_tokens += n_tokens
+            cursor.emitted_docs += 1
+            yield cursor, doc, line, n_tokens
+            if cursor.emitted_tokens >= cursor.target - cursor.slack:
+                break
+            behind = cursor.behind()
+            if heap and (heap[0][0], heap[0][1]) < (behind, order):  # another source is further behind now
+                heapq.heappush(heap, (behind, order, cursor))
+                break
 
 
 def top_up(cursors: list[SourceCursor], tolerance: float) -> Iterator[tuple[SourceCursor, dict, Optional[bytes], int]]:
