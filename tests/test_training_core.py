@@ -110,10 +110,10 @@ def test_the_loss_kernel_is_chunked_by_default_and_one_that_cannot_run_is_refuse
         fused_kernel("auto", cpu)
 
 
-def make_trainer(tmp_path, loss=None, reference=None, micro_batch=2):
+def make_trainer(tmp_path, loss=None, reference=None, micro_batch=2, loss_kernel="chunked"):
     model = tiny_model()
     settings = TrainSettings(steps=3, global_batch=4, micro_batch=micro_batch, seq_len=12, schedule=Constant(peak_lr=1e-2),
-                             schedule_unit="steps", weight_decay=0.0)
+                             schedule_unit="steps", weight_decay=0.0, loss_kernel=loss_kernel)
     return Trainer(model, settings, train=None, dist=Dist(0, 1, 0, torch.device("cpu")), workdir=tmp_path,
                    save=lambda *a: None, loss=loss or CrossEntropy(), reference=reference)
 
@@ -213,3 +213,11 @@ def test_fp32_attention_under_bf16_autocast_is_sdpa_in_fp32_and_stays_out_of_the
     assert SDPA_FP32 not in (tmp_path / "config.json").read_text()
     for precision, device in (("fp32", "cpu"), ("bf16", "cuda")):
         assert not use_fp32_attention(tiny_model(), precision, torch.device(device))
+
+
+def test_a_loss_that_wants_the_entropy_refuses_the_fused_kernel(tmp_path):
+    """rl's policy would be scored by the chunked head and its old and reference log-probabilities by the fused one."""
+    from granite_cli.errors import BadInput
+
+    with pytest.raises(BadInput, match="wants each position's entropy"):
+        make_trainer(tmp_path, loss=RowWeighted(), loss_kernel="liger")

@@ -71,7 +71,7 @@ _OPTIONS = {
     "loss_kernel": (str, typer.Option("chunked", "--loss-kernel", help="The output projection and cross-entropy: chunked "
                                       "(granite's, a chunk of positions at a time) or liger (Liger's fused kernel: CUDA, "
                                       "pip install 'granite-recipe[gpu]'; faster for micro-batches of 16K tokens and "
-                                      "more, slower at 4K). rl's loss, which wants the entropy too, is always chunked.")),
+                                      "more, slower at 4K). rl, whose loss wants the entropy too, takes chunked only.")),
     "parallel": (str, typer.Option("ddp", "--parallel", help="Under torchrun: ddp or fsdp (FSDP2 fully_shard per layer).")),
     "device": (str, options.DeviceOption),
     "peak_tflops": (Optional[float], typer.Option(None, "--peak-tflops", help="Device peak for MFU, in TFLOP/s. Default: measured at start.")),

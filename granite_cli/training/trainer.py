@@ -113,6 +113,11 @@ class Trainer:
         from model.attention import use_fp32_attention
 
         self.scorer = self.scorer or TokenLogprobs
+        # a loss with the entropy is scored by the chunked head while its old and reference log-probabilities would
+        # take the fused one: their ratio would start off 1 by the two kernels' rounding
+        if s.loss_kernel != "chunked" and self.loss.wants_entropy:
+            raise BadInput(f"--loss-kernel {s.loss_kernel}: this stage's loss wants each position's entropy, which "
+                           "the fused kernel does not give; leave it chunked")
         self.model.to(self.dist.device)
         if self.context.size > 1:
             self.model.set_attn_implementation(context_parallel.register())
