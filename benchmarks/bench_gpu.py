@@ -185,8 +185,11 @@ def pretrain(run_dir: Path, args, name: str, precision: str, launcher: tuple = (
                "--steps", str(steps or args.steps), "--precision", precision, "--log-every", "1",
                "--val-tokens", str(args.seq_len), "--seed", "0", "--peak-tflops", str(args.peak_tflops),
                *(("--compile",) if args.compile else ()), *extra]
-    subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                   stderr=None if args.verbose else subprocess.DEVNULL)
+    run = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                         stderr=None if args.verbose else subprocess.PIPE, text=True)
+    if run.returncode:  # the part's error keeps what granite said, not only that it failed
+        said = " | ".join((run.stderr or "").strip().splitlines()[-3:])
+        raise RuntimeError(f"granite pretrain exited with status {run.returncode}: {said}")
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for done in (out, out.with_name(f"{out.name}.steps")):
         shutil.rmtree(done, ignore_errors=True)

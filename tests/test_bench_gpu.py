@@ -79,3 +79,10 @@ def test_the_whole_gpu_script_runs_small_on_the_cpu():
     assert results["packed_sft"]["max_logprob_gap_packed_vs_alone"] < 1e-4
     assert results["loss_head"]["1024"]["granite chunked"]["loss_gap"] < 1e-5
     assert tuple(results["part_seconds"]) == bench_gpu.PARTS
+
+
+def test_a_failed_pretrain_part_keeps_what_granite_said(tmp_path):
+    args = argparse.Namespace(preset="tiny-2m", seq_len=64, batch_tokens="256", micro_batch=4, steps=1, peak_tflops=1.0,
+                              compile=False, verbose=False)
+    with pytest.raises(RuntimeError, match="exited with status 2: .*not a tokenizer directory"):
+        bench_gpu.pretrain(tmp_path, args, "broken", "fp32")
