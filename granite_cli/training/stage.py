@@ -52,6 +52,7 @@ class TrainingFlags:
     precision: str = "auto"
     compile: bool = False
     loss_kernel: str = "chunked"
+    loss_chunk_tokens: Optional[int] = None
     parallel: str = "ddp"
     device: str = "auto"
     peak_tflops: Optional[float] = None
@@ -72,6 +73,10 @@ _OPTIONS = {
                                       "(granite's, a chunk of positions at a time) or liger (Liger's fused kernel: CUDA, "
                                       "pip install 'granite-recipe[gpu]'; faster for micro-batches of 16K tokens and "
                                       "more, slower at 4K). rl, whose loss wants the entropy too, takes chunked only.")),
+    "loss_chunk_tokens": (Optional[int], typer.Option(None, "--loss-chunk-tokens", min=1, help="Positions the chunked loss "
+                                                      "projects onto the vocabulary at a time. Default: as many as keep "
+                                                      "a chunk's fp32 logits near 256 MB (668 for Granite's 100,352 "
+                                                      "entries), a CPU's size; a GPU may take more.")),
     "parallel": (str, typer.Option("ddp", "--parallel", help="Under torchrun: ddp or fsdp (FSDP2 fully_shard per layer).")),
     "device": (str, options.DeviceOption),
     "peak_tflops": (Optional[float], typer.Option(None, "--peak-tflops", help="Device peak for MFU, in TFLOP/s. Default: measured at start.")),
@@ -147,7 +152,8 @@ class TrainingRun:
             schedule=schedule, tokens_offset=offset, weight_decay=optimizer.weight_decay,
             betas=tuple(optimizer.betas), grad_clip=optimizer.grad_clip,
             log_every=f.log_every, eval_every=f.eval_every, checkpoint_every=f.checkpoint_every, keep_last=f.keep_last,
-            precision=precision, compile=f.compile, loss_kernel=f.loss_kernel, parallel=f.parallel, peak_flops=peak_flops,
+            precision=precision, compile=f.compile, loss_kernel=f.loss_kernel, loss_chunk_tokens=f.loss_chunk_tokens,
+            parallel=f.parallel, peak_flops=peak_flops,
             flops_per_token=flops_per_token(model.config, seq))
 
     def trainer(self, model, settings, batches, tokenizer_dir: Path, lineage: list[dict], **extra):
