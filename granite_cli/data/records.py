@@ -167,10 +167,13 @@ class ErrorPolicy:
 
 
 def parse_line(line: bytes, path: str, line_no: int, policy: ErrorPolicy, require_text: bool) -> dict | None:
-    """Parse one JSONL line into a record, or apply the error policy and return None."""
+    """Parse one JSONL line into a record, or apply the error policy and return None; a blank line is None too.
+    Parsing comes first, so a record line is neither stripped nor copied before it (mix reads a line in microseconds)."""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as err:
+        if not line.strip():
+            return None
         reason = "invalid UTF-8" if "utf-8" in str(err).lower() else "malformed JSON"
         policy.bad(BadInput(f"{reason}: {err}", path, line_no), reason)
         return None
@@ -206,8 +209,6 @@ def checked_records(paths: list[str], policy: ErrorPolicy, check, reason: str) -
     parse goes to the error policy (FILE:LINE and exit 2, or counted under `reason` and skipped)."""
     for path in paths:
         for line_no, line in iter_lines(path):
-            if not line.strip():
-                continue
             record = parse_line(line, path, line_no, policy, require_text=False)
             if record is None:
                 continue
@@ -224,10 +225,9 @@ def read_records(
     policy = policy or ErrorPolicy()
     for path in paths:
         for line_no, line in iter_lines(path):
-            if line.strip():
-                record = parse_line(line, path, line_no, policy, require_text)
-                if record is not None:
-                    yield record
+            record = parse_line(line, path, line_no, policy, require_text)
+            if record is not None:
+                yield record
 
 
 def input_paths(inputs: list[str] | None) -> list[str]:

@@ -17,8 +17,6 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import orjson
-
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Source
 from granite_cli.data.records import ErrorPolicy, iter_lines, iter_range_lines, parse_line
@@ -108,18 +106,10 @@ def _jsonl_documents(label: str, lines: Iterator[tuple[int, bytes]], source: Sou
     """Parse JSONL lines into (document, line), each document with its text under `text`. One loop, no reader
     layered on another: mix spends a few microseconds of Python a document, and every generator a document passes
     through is a share of them."""
-    loads = orjson.loads
     for line_no, line in lines:
-        try:
-            record = loads(line)
-        except orjson.JSONDecodeError:
-            record = None
-        if type(record) is not dict:  # a blank line, bad JSON or not an object: parse_line says which, or skips it
-            if not line.strip():
-                continue
-            record = parse_line(line, label, line_no, policy, require_text=False)
-            if record is None:
-                continue
+        record = parse_line(line, label, line_no, policy, require_text=False)
+        if record is None:
+            continue
         if source.text_field != "text":
             record["text"] = record.pop(source.text_field, None)
         if not isinstance(record.get("text"), str):
