@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import io
 import itertools
 import json
 import os
@@ -42,7 +41,6 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, WORK, save  # noqa: E402
@@ -52,10 +50,10 @@ VOCAB = 100352
 
 def sample_texts():
     """The bundled pre-training sample's documents (about 20 MB of text), in file order."""
-    for path in sorted((REPO / "examples" / "data" / "pretrain").glob("*.zst")):
-        with zstandard.ZstdDecompressor().stream_reader(open(path, "rb")) as raw:
-            for line in io.TextIOWrapper(raw, encoding="utf-8"):
-                yield json.loads(line)["text"]
+    from granite_cli.data.records import read_records
+
+    paths = sorted(str(p) for p in (REPO / "examples" / "data" / "pretrain").glob("*.zst"))
+    return (record["text"] for record in read_records(paths, require_text=True))
 
 
 def synthetic_run_dir(name: str, vocab: int, seq_len: int, tokens: int) -> Path:
