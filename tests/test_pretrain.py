@@ -232,14 +232,8 @@ def test_a_loss_kernel_this_machine_cannot_run_is_refused_before_training(run_di
     assert not out.exists()
 
 
-def test_the_loss_chunk_size_changes_the_memory_not_the_loss(run_dir):
-    losses = {}
-    for chunk in ("7", None):
-        out = run_dir / "checkpoints" / f"chunk-{chunk}"
-        granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "2", *FAST,
-                *(("--loss-chunk-tokens", chunk) if chunk else ()), check=True)
-        losses[chunk] = [m["loss"] for m in metrics(out) if "loss" in m]
-    assert losses["7"] == pytest.approx(losses[None], rel=1e-5)
+def test_a_loss_chunk_size_below_one_is_refused(run_dir):
     refused = granite("pretrain", "--run-dir", run_dir, "-o", run_dir / "checkpoints" / "chunk-0", *FAST,
                       "--loss-chunk-tokens", "0")
     assert refused.returncode == 2 and "--loss-chunk-tokens" in refused.stderr.decode()
+    assert "Traceback" not in refused.stderr.decode() and not (run_dir / "checkpoints" / "chunk-0").exists()

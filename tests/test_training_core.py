@@ -110,10 +110,11 @@ def test_the_loss_kernel_is_chunked_by_default_and_one_that_cannot_run_is_refuse
         fused_kernel("auto", cpu)
 
 
-def make_trainer(tmp_path, loss=None, reference=None, micro_batch=2, loss_kernel="chunked"):
+def make_trainer(tmp_path, loss=None, reference=None, micro_batch=2, loss_kernel="chunked", loss_chunk_tokens=None):
     model = tiny_model()
     settings = TrainSettings(steps=3, global_batch=4, micro_batch=micro_batch, seq_len=12, schedule=Constant(peak_lr=1e-2),
-                             schedule_unit="steps", weight_decay=0.0, loss_kernel=loss_kernel)
+                             schedule_unit="steps", weight_decay=0.0, loss_kernel=loss_kernel,
+                             loss_chunk_tokens=loss_chunk_tokens)
     return Trainer(model, settings, train=None, dist=Dist(0, 1, 0, torch.device("cpu")), workdir=tmp_path,
                    save=lambda *a: None, loss=loss or CrossEntropy(), reference=reference)
 
@@ -221,3 +222,15 @@ def test_a_loss_that_wants_the_entropy_refuses_the_fused_kernel(tmp_path):
 
     with pytest.raises(BadInput, match="wants each position's entropy"):
         make_trainer(tmp_path, loss=RowWeighted(), loss_kernel="liger")
+
+
+def test_the_loss_chunk_size_bounds_the_positions_projected_at_once_and_keeps_the_loss(tmp_path, monkeypatch):
+    from granite_cli.training import logprobs
+
+    sizes, project = [], logprobs._project
+    monkeypatch.setattr(logprobs, "_project", lambda hidden, *rest: sizes.append(len(hidden)) or project(hidden, *rest))
+    whole = make_trainer(tmp_path).step_on(batch_of())["loss"]
+    assert max(sizes) == 2 * 9  # by default a micro-batch of 2 rows x 9 labelled positions is one chunk
+    sizes.clear()
+    chunked = make_trainer(tmp_path, loss_chunk_tokens=5).step_on(batch_of())["loss"]
+    assert max(sizes) == 5 and chunked == pytest.approx(whole, rel=1e-6)
