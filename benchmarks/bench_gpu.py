@@ -8,7 +8,8 @@ On one NVIDIA GPU (H100/H200 class; about 8 minutes on an H200), with a 100,352-
 1. pretrain: `granite pretrain` of the `granite-1b` preset in bf16 with torch.compile (SDPA attention) on
    shards of the bundled sample text (tokenized with a tokenizer of that vocabulary trained on it): median
    tokens/s and MFU against the GPU's measured bf16 matmul peak (goal: >= 45%), and against the datasheet's
-   where the GPU's is known.
+   where the GPU's is known; then two more steps under `granite pretrain --profile`: the share of each part of a
+   step (forward, backward, optimizer) and of each family of kernels (matmul, attention, loss head, ...).
 2. packed SFT: rows of several conversations each, position ids restarting per conversation (what `granite
    sft` trains on), forward and backward through the trainer's scorer in bf16: trained tokens/s, and the
    largest gap between a packed row's per-token log-probabilities and each conversation's alone.
@@ -33,6 +34,7 @@ import importlib.util
 import itertools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -182,7 +184,7 @@ def pretrain(run_dir: Path, args, name: str, precision: str, launcher: tuple = (
                "--batch-tokens", batch_tokens or args.batch_tokens, "--micro-batch", str(micro_batch or args.micro_batch),
                "--steps", str(steps or args.steps), "--precision", precision, "--log-every", "1",
                "--val-tokens", str(args.seq_len), "--seed", "0", "--peak-tflops", str(args.peak_tflops),
-               *(("--compile",) if args.compile else ()), *extra]
+               *(("--compile",) if args.compile else ()), *shlex.split(getattr(args, "granite_flags", "")), *extra]
     run = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                          stderr=None if args.verbose else subprocess.PIPE, text=True)
     if run.returncode:  # the part's error keeps what granite said, not only that it failed
@@ -192,6 +194,26 @@ def pretrain(run_dir: Path, args, name: str, precision: str, launcher: tuple = (
     for done in (out, out.with_name(f"{out.name}.steps")):
         shutil.rmtree(done, ignore_errors=True)
     return lines
+
+
+def profiled_pretrain(run_dir: Path, args, name: str) -> dict:
+    """The pre-training throughput run, then `--profile-steps` more steps under `granite pretrain --profile`: the
+    throughput of the first `--steps`, and where the profiled steps' time went (the profiled steps synchronise the
+    device between the parts of a step, so they are left out of the throughput)."""
+    extra = args.profile_steps
+    if not extra:
+        return {**throughput(pretrain(run_dir, args, name, "bf16"), args), "loss_kernel": "chunked"}
+    lines = pretrain(run_dir, args, name, "bf16", steps=args.steps + extra,
+                     extra=("--profile", f"{args.steps + 1}:{args.steps + extra}"))
+    written = run_dir / "checkpoints" / f"{name}.profile"
+    summary = json.loads((written / "rank-0.summary.json").read_text())
+    shutil.rmtree(written)  # the trace of a granite-1b step is large; the summary holds the figures
+    step, operators = summary["step_seconds"], summary["operator_seconds"] or 1e-12
+    return {**throughput([m for m in lines if m["step"] <= args.steps], args), "loss_kernel": "chunked",
+            "profile": {"steps": summary["steps"], "step_seconds": step, "operator_time": summary["operator_time"],
+                        "regions_share": {k: v / step for k, v in summary["regions_seconds"].items()},
+                        "families_share": {k: v / operators for k, v in summary["families_seconds"].items()},
+                        "top": [{k: row[k] for k in ("name", "family", "share")} for row in summary["top"][:8]]}}
 
 
 def throughput(lines: list[dict], args) -> dict:
@@ -315,7 +337,7 @@ def parts(args, device, run_dir: Path) -> dict:
                 "loss_kernel": "liger"}
 
     return {"loss_head": lambda: loss_head(args, device),
-            "pretrain": lambda: {**throughput(pretrain(run_dir, args, "bf16", "bf16"), args), "loss_kernel": "chunked"},
+            "pretrain": lambda: profiled_pretrain(run_dir, args, "bf16"),
             "packed_sft": lambda: packed_sft(eager, device),
             "bf16_vs_fp32": precision_gap,
             "pretrain_fsdp2": lambda: throughput(pretrain(run_dir, args, "fsdp2", "bf16", fsdp, ("--parallel", "fsdp")), args),
@@ -348,9 +370,17 @@ def table(results: dict) -> str:
                               f"{m['weight_grad_gap']:.1e}", ""))
         return lines
 
+    def profile(value):
+        if "profile" not in value:
+            return []
+        p = value["profile"]
+        shares = lambda shares: ", ".join(f"{name} {share:.0%}" for name, share in shares.items() if share >= 0.005)
+        return [(f"  where its steps {p['steps'][0]}-{p['steps'][1]} went ({p['step_seconds']:.2f} s a step)",
+                 shares(p["regions_share"]), shares(p["families_share"]), "")]
+
     rows = [*part("loss_head", head),
             *part("pretrain", lambda v: [("pretrain, bf16 + compile" + (f", {v['loss_kernel']} loss" if "loss_kernel" in v else ""),
-                                          f"{v['tokens_per_second']:,.0f} tok/s", mfu(v), "MFU >= 45%")]),
+                                          f"{v['tokens_per_second']:,.0f} tok/s", mfu(v), "MFU >= 45%"), *profile(v)]),
             *part("pretrain_liger", lambda v: [("pretrain, the same with Liger's fused loss",
                                                   f"{v['tokens_per_second']:,.0f} tok/s", mfu(v), "")]),
             *part("pretrain_fsdp2", lambda v: [("pretrain, FSDP2 on one rank", f"{v['tokens_per_second']:,.0f} tok/s",
@@ -394,6 +424,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--batch-tokens", default="65536", help="tokens a throughput step (four micro-batches of 4 x 4,096)")
     parser.add_argument("--micro-batch", type=int, default=4, help="rows a forward")
+    parser.add_argument("--profile-steps", type=int, default=2,
+                        help="steps the pretrain part runs after the timed ones under `granite pretrain --profile` (0: none)")
+    parser.add_argument("--granite-flags", default="",
+                        help="more flags for every `granite pretrain` run (e.g. '--loss-chunk-tokens 4096')")
     parser.add_argument("--loss-steps", type=int, default=6, help="steps of the bf16 against fp32 loss comparison")
     parser.add_argument("--loss-batch-tokens", default="32768")
     parser.add_argument("--loss-micro-batch", type=int, default=2, help="fp32 activations take twice bf16's memory")
@@ -431,10 +465,11 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)", "preset": args.preset,
                "seq_len": args.seq_len, "batch_tokens": args.batch_tokens, "peak_tflops": args.peak_tflops,
-               "datasheet_tflops": args.datasheet_tflops, "torch": torch.__version__, "part_seconds": {}}
+               "datasheet_tflops": args.datasheet_tflops, "torch": torch.__version__, "granite_flags": args.granite_flags,
+               "part_seconds": {}}
     from granite_cli.recipe import parse_count
 
-    needed = max(args.steps * parse_count(args.batch_tokens), args.loss_steps * parse_count(args.loss_batch_tokens))
+    needed = max((args.steps + args.profile_steps) * parse_count(args.batch_tokens), args.loss_steps * parse_count(args.loss_batch_tokens))
     run_dir = synthetic_run_dir(name, args.vocab, args.seq_len, needed + 4 * args.seq_len)
     for part, run in parts(args, device, run_dir).items():
         if args.parts and part not in args.parts:

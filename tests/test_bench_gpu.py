@@ -36,16 +36,21 @@ def test_packed_rows_score_each_conversation_as_alone_and_the_table_reads():
                                         "weight_grad_gap": 3e-3},
                      "liger fused": {"error": "RuntimeError: no kernel"}}}
     results = {"loss_head": head,
-               "pretrain": {"tokens_per_second": 1e5, "mfu": 0.47, "mfu_datasheet": 0.4, "loss_kernel": "chunked"},
+               "pretrain": {"tokens_per_second": 1e5, "mfu": 0.47, "mfu_datasheet": 0.4, "loss_kernel": "chunked",
+                            "profile": {"steps": [13, 14], "step_seconds": 1.42,
+                                        "regions_share": {"batch": 0.001, "forward": 0.3, "backward": 0.62, "optimizer": 0.079},
+                                        "families_share": {"matmul": 0.7, "attention": 0.2, "other": 0.1}}},
                "pretrain_liger": {"tokens_per_second": 8e4, "mfu": 0.376, "loss_kernel": "liger"},
                "pretrain_fsdp2": {"error": "ChildProcessError: rank 0 failed"},
                "packed_sft": sft, "bf16_vs_fp32": {"skipped": "not started: past the 420 s budget"}}
     lines = bench_gpu.table(results).splitlines()
-    assert len(lines) == 7
+    assert len(lines) == 8
     assert "0.50 GiB, 10.0 ms" in lines[0] and "RuntimeError: no kernel" in lines[1]
     assert "chunked loss" in lines[2] and "MFU 47.0% of the measured peak, 40.0% of the datasheet peak" in lines[2]
-    assert "Liger's fused loss" in lines[3] and "80,000 tok/s" in lines[3]
-    assert "rank 0 failed" in lines[4] and "past the 420 s budget" in lines[6]
+    assert "steps 13-14 went (1.42 s a step)" in lines[3] and "forward 30%, backward 62%, optimizer 8%" in lines[3]
+    assert "batch" not in lines[3] and "matmul 70%, attention 20%, other 10%" in lines[3]  # under half a percent: left out
+    assert "Liger's fused loss" in lines[4] and "80,000 tok/s" in lines[4]
+    assert "rank 0 failed" in lines[5] and "past the 420 s budget" in lines[7]
     assert bench_gpu.headline_ratios(results)["pretrain_liger_vs_chunked_loss"] == pytest.approx(0.8)
 
 
@@ -75,6 +80,9 @@ def test_an_unknown_part_or_a_bad_row_length_is_refused_before_any_work(capsys):
 def test_the_whole_gpu_script_runs_small_on_the_cpu():
     results = bench_gpu.main(["--smoke"])
     assert results["pretrain"]["mfu"] > 0 and results["pretrain_fsdp2"]["tokens_per_second"] > 0
+    profile = results["pretrain"]["profile"]  # the two steps after the timed ones, under granite pretrain --profile
+    assert profile["steps"] == [7, 8] and results["pretrain"]["steps_timed"] == 3
+    assert profile["regions_share"]["backward"] > 0 and profile["families_share"]["matmul"] > 0
     assert results["bf16_vs_fp32"]["max_relative_gap"] < 0.02
     assert results["packed_sft"]["max_logprob_gap_packed_vs_alone"] < 1e-4
     assert results["loss_head"]["1024"]["granite chunked"]["loss_gap"] < 1e-5

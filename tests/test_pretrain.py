@@ -237,3 +237,35 @@ def test_a_loss_chunk_size_below_one_is_refused(run_dir):
                       "--loss-chunk-tokens", "0")
     assert refused.returncode == 2 and "--loss-chunk-tokens" in refused.stderr.decode()
     assert "Traceback" not in refused.stderr.decode() and not (run_dir / "checkpoints" / "chunk-0").exists()
+
+
+def test_a_profiled_run_writes_where_the_time_went_and_trains_the_same(run_dir):
+    plain, profiled = run_dir / "checkpoints" / "unprofiled", run_dir / "checkpoints" / "profiled"
+    granite("pretrain", "--run-dir", run_dir, "-o", plain, "--steps", "4", *FAST, check=True)
+    result = granite("pretrain", "--run-dir", run_dir, "-o", profiled, "--steps", "4", *FAST, "--profile", "2:3", check=True)
+    assert "where a step's time goes (steps 2-3" in result.stderr.decode()
+    a, b = weights(plain), weights(profiled)
+    assert all(torch.equal(a[name], b[name]) for name in a)  # profiling observes; it does not change the run
+
+    written = run_dir / "checkpoints" / "profiled.profile"
+    assert not (profiled / "rank-0.summary.json").exists()  # beside the checkpoint, not in what is shared
+    summary = json.loads((written / "rank-0.summary.json").read_text())
+    assert summary["steps"] == [2, 3]
+    regions = summary["regions_seconds"]
+    assert all(regions[name] > 0 for name in ("batch", "forward", "backward", "optimizer"))
+    assert sum(regions.values()) == pytest.approx(summary["step_seconds"], rel=1e-6)
+    families = summary["families_seconds"]
+    assert families["matmul"] > 0 and families["attention"] > 0 and families["loss head"] > 0
+    assert sum(families.values()) == pytest.approx(summary["operator_seconds"], rel=1e-6)
+    assert summary["top"][0]["seconds"] >= summary["top"][-1]["seconds"] > 0
+    trace = json.loads((written / "rank-0.trace.json").read_text())
+    marked = {event.get("name") for event in trace["traceEvents"]}
+    assert {"granite: forward", "granite: backward", "granite: optimizer"} <= marked
+
+
+def test_a_profile_outside_the_run_is_refused_before_training(run_dir):
+    out = run_dir / "checkpoints" / "profile-late"
+    result = granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "4", *FAST, "--profile", "3:9")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "the run has 4 steps" in err and "Traceback" not in err
+    assert not out.exists() and not out.with_name("profile-late.profile").exists()

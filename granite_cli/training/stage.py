@@ -56,6 +56,7 @@ class TrainingFlags:
     parallel: str = "ddp"
     device: str = "auto"
     peak_tflops: Optional[float] = None
+    profile: Optional[str] = None
 
 
 _OPTIONS = {
@@ -80,6 +81,11 @@ _OPTIONS = {
     "parallel": (str, typer.Option("ddp", "--parallel", help="Under torchrun: ddp or fsdp (FSDP2 fully_shard per layer).")),
     "device": (str, options.DeviceOption),
     "peak_tflops": (Optional[float], typer.Option(None, "--peak-tflops", help="Device peak for MFU, in TFLOP/s. Default: measured at start.")),
+    "profile": (Optional[str], typer.Option(None, "--profile", metavar="FIRST:LAST", help="Profile these steps (counted "
+                                            "from 1; past compilation, e.g. 4:6): the time of each part of a step and "
+                                            "of each operator (kernel on a GPU), printed and written to OUT.profile/ "
+                                            "with a trace for Perfetto. Those steps run a little slower (the device is "
+                                            "synchronised between parts). Default: off.")),
 }
 assert list(_OPTIONS) == [f.name for f in fields(TrainingFlags)]
 
@@ -141,6 +147,7 @@ class TrainingRun:
         import torch
 
         from granite_cli.training.flops import flops_per_token, measure_peak_flops
+        from granite_cli.training.profiling import parse_steps
         from granite_cli.training.trainer import TrainSettings
 
         f = self.flags
@@ -154,7 +161,8 @@ class TrainingRun:
             log_every=f.log_every, eval_every=f.eval_every, checkpoint_every=f.checkpoint_every, keep_last=f.keep_last,
             precision=precision, compile=f.compile, loss_kernel=f.loss_kernel, loss_chunk_tokens=f.loss_chunk_tokens,
             parallel=f.parallel, peak_flops=peak_flops,
-            flops_per_token=flops_per_token(model.config, seq))
+            flops_per_token=flops_per_token(model.config, seq),
+            profile_steps=parse_steps(f.profile, n_steps) if f.profile else None)
 
     def trainer(self, model, settings, batches, tokenizer_dir: Path, lineage: list[dict], **extra):
         """The shared Trainer, saving step checkpoints with this run's tokenizer and lineage (`extra`: loss, reference)."""
@@ -167,7 +175,8 @@ class TrainingRun:
             save_checkpoint(directory, model_state, model.config, self.tokenizer_dir, lineage, trainer_state)
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        return Trainer(model, settings, batches, self.dist, self.workdir, save=save, **extra)
+        return Trainer(model, settings, batches, self.dist, self.workdir, save=save,
+                       profile_dir=self.out.with_name(f"{self.out.name}.profile"), **extra)
 
     def validator(self, trainer, rows: Callable[[list[int]], dict], count: int, byte_lengths=None):
         from granite_cli.training.validation import Validator

@@ -34,6 +34,7 @@ from granite_cli.console import console
 from granite_cli.errors import BadInput
 from granite_cli.training import IGNORE
 from granite_cli.training.losses import CrossEntropy, Loss
+from granite_cli.training.profiling import StepProfiler
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -72,6 +73,7 @@ class TrainSettings:
     loss_chunk_tokens: Optional[int] = None  # positions projected onto the vocabulary at a time (None: by vocabulary size)
     loss_kernel: str = "chunked"  # or liger (granite_cli/training/logprobs.py)
     context_parallel: int = 1  # ranks each row's positions are split across (granite_cli/training/context_parallel.py)
+    profile_steps: Optional[tuple] = None  # (first, last) steps to profile (granite_cli/training/profiling.py)
 
     def total_units(self) -> float:
         return self.steps * (self.global_batch * self.seq_len if self.schedule_unit == "tokens" else 1)
@@ -89,6 +91,7 @@ class Trainer:
     loss: Loss = field(default_factory=CrossEntropy)
     reference: Optional[object] = None  # a frozen model (the stage's starting point) for logprobs(reference=True)
     scorer: Optional[Callable] = None  # wraps the model: (model, chunk_tokens, kernel) -> module; TokenLogprobs by default
+    profile_dir: Optional[Path] = None  # where --profile writes (beside the checkpoint)
     step: int = 0
     tokens: int = 0  # tokens processed (inputs, padding included): what the schedule, throughput and MFU count
     trained_tokens: int = 0  # target tokens the loss was taken over
@@ -131,6 +134,7 @@ class Trainer:
             self.reference = self.scorer(self.reference.to(self.dist.device).eval().requires_grad_(False),
                                          s.loss_chunk_tokens, s.loss_kernel)
         self.metrics_path = self.workdir / "metrics.jsonl"
+        self.profiler = StepProfiler(s.profile_steps, self.profile_dir, self.dist.device, self.dist.rank, self.dist.main)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -143,7 +147,10 @@ class Trainer:
         with progress(transient=False) as bar:
             task = bar.add_task("train", total=s.steps, completed=self.step, rate="")
             while self.step < s.steps:
-                result = self.step_on(self.train.batch(self.step))
+                with self.profiler.step(self.step + 1):
+                    with self.profiler.region("batch"):
+                        batch = self.train.batch(self.step)
+                    result = self.step_on(batch)
                 n_tokens = result.pop("tokens_processed")
                 window_tokens += n_tokens
                 if self.step % s.log_every == 0 or self.step == s.steps:
@@ -185,22 +192,25 @@ class Trainer:
             if self.context.size > 1:  # this rank's share of every row's positions
                 micro, attention["context_parallel"] = self.context.split(micro)
             with distributed.no_sync(self.wrapped, sync=i == micro_steps - 1), self.autocast():
-                logprobs, entropy = self.forward(micro["input_ids"], micro["labels"], micro.get("position_ids"),
-                                                 entropy=self.loss.wants_entropy, **attention)
-                loss_sum, metrics = self.loss(logprobs, entropy, micro)
-                (loss_sum * self.dist.world / denominator).backward()
+                with self.profiler.region("forward"):
+                    logprobs, entropy = self.forward(micro["input_ids"], micro["labels"], micro.get("position_ids"),
+                                                     entropy=self.loss.wants_entropy, **attention)
+                    loss_sum, metrics = self.loss(logprobs, entropy, micro)
+                with self.profiler.region("backward"):
+                    (loss_sum * self.dist.world / denominator).backward()
             for name, value in {"loss": loss_sum, **metrics}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
-        totals = torch.stack([sums[name] for name in sums])
-        distributed.all_reduce_sum(totals, self.dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip if s.grad_clip > 0 else math.inf)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        self.last_lr = s.schedule.lr(self.position(), s.total_units() + self.offset())
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.last_lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with self.profiler.region("optimizer"):
+            totals = torch.stack([sums[name] for name in sums])
+            distributed.all_reduce_sum(totals, self.dist)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip if s.grad_clip > 0 else math.inf)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            self.last_lr = s.schedule.lr(self.position(), s.total_units() + self.offset())
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.last_lr
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         n_tokens = int(batch["input_ids"].numel())
         self.step += 1
         self.tokens += n_tokens
