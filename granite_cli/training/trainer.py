@@ -121,6 +121,10 @@ class Trainer:
         if s.loss_kernel != "chunked" and self.loss.wants_entropy:
             raise BadInput(f"--loss-kernel {s.loss_kernel}: this stage's loss wants each position's entropy, which "
                            "the fused kernel does not give; leave it chunked")
+        if self.dist.device.type == "cpu":  # each step's tensors live in host memory: reuse it (granite_cli/allocator.py)
+            from granite_cli.allocator import keep_freed_memory
+
+            keep_freed_memory()
         self.model.to(self.dist.device)
         if self.context.size > 1:
             self.model.set_attn_implementation(context_parallel.register())
