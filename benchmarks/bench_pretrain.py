@@ -7,7 +7,11 @@ happens there); tokens/s = global batch tokens / that median. The goal compares 
 divides achieved model FLOP/s (granite_cli/training/flops.py) by this machine's measured fp32 matmul peak.
 
     python benchmarks/bench_pretrain.py [--preset small-10m] [--steps 8] [--settings fp32,bf16,bf16+compile]
-    python benchmarks/bench_pretrain.py --profile bf16   # where granite's step time goes, by kind of work
+
+Where granite's step time goes: `granite pretrain --profile 4:6` (granite_cli/training/profiling.py). Every run of this
+benchmark, granite's and HF's, shares granite's allocator setting (set by granite's trainer on the CPU, and by
+benchmarks/common.py for whichever runs first); what the setting is worth alone is measured separately, with the
+CLI run with and without it (`--allocator-presets`).
 """
 
 from __future__ import annotations
@@ -101,45 +105,35 @@ def hf_trainer_seconds_per_step(preset: str, steps: int, vocab: int, setting: st
     return statistics.median(times[WARMUP:])
 
 
-# what each profiled op is, by the first name fragment it contains (torch.profiler's aten op names)
-KINDS = [("loss (chunked log-probabilities)", ("log_softmax", "logsumexp", "nll", "gather")),
-         ("attention (SDPA, forward and backward)", ("scaled_dot_product",)),
-         ("matmul (linear layers)", ("aten::mm", "addmm", "bmm", "linear", "matmul")),
-         ("optimizer", ("adam", "_foreach", "lerp", "addcdiv", "addcmul")),
-         ("norms", ("rsqrt", "pow", "mean", "norm")),
-         ("copies and casts (bf16 autocast)", ("copy", "_to_copy", "contiguous", "clone", "cat")),
-         ("elementwise and fills", ("mul", "add", "silu", "neg", "sub", "div", "exp", "sigmoid", "where", "fill", "zero"))]
+def allocator_ratio(preset: str, rounds: int, steps: int = 8) -> dict:
+    """`granite pretrain` (the CLI, fp32) with granite's allocator setting against glibc's defaults
+    (GRANITE_KEEP_FREED_MEMORY=0; granite_cli/allocator.py): median tokens/s of the steps after the warm-up, the
+    two taking turns in each round. Both runs of the HF comparison above share the setting, so it is measured here."""
+    import json
+    import os
+    import subprocess
 
+    out = REPO / "runs" / "bench" / "allocator"
 
-def profile(preset: str, vocab: int, setting: str) -> None:
-    """Self CPU time of three granite steps grouped by kind of work (eager: compiled kernels have no op names)."""
-    import torch
-    from transformers import GraniteForCausalLM
+    def run(keep: str):
+        def once():
+            subprocess.run([sys.executable, "-m", "granite_cli", "pretrain", "--run-dir", str(REPO / "runs" / "tiny"), "-o",
+                            str(out), "--overwrite", "--preset", preset, "--seq-len", str(SEQ), "--batch-tokens",
+                            str(GLOBAL * SEQ), "--micro-batch", str(MICRO), "--steps", str(steps), "--precision", "fp32",
+                            "--peak-tflops", "1", "--log-every", "1", "--val-tokens", str(SEQ)], check=True, cwd=REPO,
+                           env={**os.environ, "GRANITE_KEEP_FREED_MEMORY": keep}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            rates = [json.loads(line)["tokens_per_second"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+            results[keep].append(statistics.median(rates[WARMUP:steps]))
+        return once
 
-    from granite_cli.training import distributed
-    from granite_cli.training.schedules import build_schedule
-    from granite_cli.training.trainer import Trainer, TrainSettings
-    from model.presets import build_config
-
-    torch.manual_seed(0)
-    settings = TrainSettings(steps=5, global_batch=GLOBAL, micro_batch=MICRO, seq_len=SEQ,
-                             schedule=build_schedule({"name": "constant"}, 1e-3, total=1), precision=setting)
-    batches = windows_source(SEQ, GLOBAL)
-    trainer = Trainer(GraniteForCausalLM(build_config(preset, vocab_size=vocab)), settings, batches,
-                      distributed.Dist(0, 1, 0, torch.device("cpu")), Path("/tmp"), save=lambda *a: None)
-    trainer.step_on(batches.batch(0))  # warm-up
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for step in range(1, 4):
-            trainer.step_on(batches.batch(step))
-    totals: dict[str, float] = {}
-    for event in prof.key_averages():
-        name = event.key.lower()
-        kind = next((k for k, fragments in KINDS if any(f in name for f in fragments)), "other")
-        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
-    whole = sum(totals.values())
-    print(f"granite, {preset}, {setting}, 3 steps of {GLOBAL} x {SEQ} tokens: self CPU time by kind of work")
-    for kind, micros in sorted(totals.items(), key=lambda item: -item[1]):
-        print(f"  {kind:40s} {micros / 3e6:7.3f} s/step  {100 * micros / whole:5.1f}%")
+    results = {"1": [], "0": []}
+    for _ in range(rounds):
+        run("1")()
+        run("0")()
+    kept, default = statistics.median(results["1"]), statistics.median(results["0"])
+    return {"preset": preset, "tokens_per_second": {"keep_freed_memory": kept, "glibc_defaults": default},
+            "ratio_keep_freed_memory_vs_glibc_defaults": kept / default}
 
 
 def main() -> None:
@@ -148,7 +142,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--settings", default="fp32,bf16,bf16+compile")
     parser.add_argument("--mfu-presets", default="tiny-2m,base-50m")
-    parser.add_argument("--profile", choices=("fp32", "bf16"), help="only profile granite's step at this precision")
+    parser.add_argument("--allocator-presets", default="tiny-2m,small-10m",
+                        help="presets whose `granite pretrain` runs with and without granite's allocator setting")
+    parser.add_argument("--allocator-rounds", type=int, default=3)
     args = parser.parse_args()
     import torch
 
@@ -156,8 +152,6 @@ def main() -> None:
     from granite_cli.data.tokenizer_io import load_tokenizer
 
     vocab = len(load_tokenizer(str(tokenizer())))
-    if args.profile:
-        return profile(args.preset, vocab, args.profile)
     tokens_per_step = GLOBAL * SEQ
     seconds, config = {}, None
     for setting in args.settings.split(","):
@@ -183,6 +177,8 @@ def main() -> None:
         "best": {"granite": best_ours, "hf_trainer": best_theirs},
         "ratio_best_vs_best": theirs[best_theirs] / ours[best_ours], "goal": ">= 1.3 (best against best)",
         "cpu_peak_fp32_tflops": peak / 1e12, "cpu_mfu_fp32": mfu,
+        "allocator": {preset: allocator_ratio(preset, args.allocator_rounds)
+                      for preset in filter(None, args.allocator_presets.split(","))},
     })
 
 
