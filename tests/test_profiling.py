@@ -1,9 +1,10 @@
 """--profile: which family an operator's name puts it in, and which steps can be profiled (the run itself: test_pretrain.py)."""
 
 import pytest
+import torch
 
 from granite_cli.errors import BadInput
-from granite_cli.training.profiling import family, parse_steps
+from granite_cli.training.profiling import StepProfiler, family, parse_steps
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -31,3 +32,11 @@ def test_the_steps_to_profile_parse(text, steps, expected):
 def test_steps_that_cannot_be_profiled_are_refused(text, message):
     with pytest.raises(BadInput, match=message):
         parse_steps(text, 10)
+
+
+def test_a_run_resumed_inside_the_window_profiles_nothing_rather_than_half(tmp_path):
+    profiler = StepProfiler((2, 3), tmp_path / "out.profile", torch.device("cpu"))
+    with profiler.step(3):  # step 2 ran before the resume
+        with profiler.region("forward"):
+            torch.ones(4) @ torch.ones(4)
+    assert not profiler.active and not (tmp_path / "out.profile").exists()

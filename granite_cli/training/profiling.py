@@ -11,7 +11,8 @@ Two views, because each answers what the other cannot:
 
 Written beside the checkpoint (`OUT.profile/`, like `OUT.steps/`, outside what a user copies to share the model)
 as soon as step B ends, one set a process: `rank-R.summary.json` (both views) and `rank-R.trace.json` (the whole
-timeline, for https://ui.perfetto.dev or chrome://tracing). Process 0 prints the tables.
+timeline, for https://ui.perfetto.dev or chrome://tracing). Process 0 prints the tables. A run resumed after step A
+profiles nothing (a window cut in two would mix two processes' figures).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class StepProfiler:
             activities = [tp.ProfilerActivity.CPU] + ([tp.ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
             self.profiler = tp.profile(activities=activities)
             self.profiler.start()
+        if not self.active:  # a run resumed inside the window: its first steps ran in an earlier process
+            yield
+            return
         for seconds in self.region_seconds.values():
             seconds.append(0.0)
         self._sync()
