@@ -123,7 +123,8 @@ def allocator_ratio(preset: str, rounds: int, steps: int = 8) -> dict:
                             "--peak-tflops", "1", "--log-every", "1", "--val-tokens", str(SEQ)], check=True, cwd=REPO,
                            env={**os.environ, "GRANITE_KEEP_FREED_MEMORY": keep}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-            rates = [json.loads(line)["tokens_per_second"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+            lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            rates = [m["tokens_per_second"] for m in lines if "tokens_per_second" in m]  # not the validation lines
             results[keep].append(statistics.median(rates[WARMUP:steps]))
         return once
 
