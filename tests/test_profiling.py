@@ -17,6 +17,7 @@ from granite_cli.training.profiling import StepProfiler, family, parse_steps
     ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", "communication"),
     ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "norm"),
     ("aten::add_", "other"), ("triton_poi_fused_silu_mul_1", "other"),
+    ("## Call CompiledFxGraph fxgmtgqieulai3rmsgemm ##", "compiled graph"),  # whatever letters its hash has
 ])
 def test_operators_fall_in_the_family_their_name_says(name, expected):
     assert family(name) == expected

@@ -5,9 +5,9 @@ Two views, because each answers what the other cannot:
   backward; the optimizer with clipping), the device synchronised at each region's end so GPU work is counted
   where it was launched. The profiled steps run a little slower for it; the other steps are untouched.
 - operators: torch.profiler's self time of each operator (each kernel on a GPU), summed into families by name
-  (matmul, attention, loss head, optimizer, norm, communication, other) and listed, largest first. A kernel's
-  name says what it computes, not which layer asked: the projections of attention, the MLP and the output head
-  are all `matmul`.
+  (matmul, attention, loss head, optimizer, norm, communication, compiled graph, other) and listed, largest first.
+  A kernel's name says what it computes, not which layer asked: the projections of attention, the MLP and the
+  output head are all `matmul`. On a CPU a compiled graph is one call whose fused code the profiler does not see.
 
 Written beside the checkpoint (`OUT.profile/`, like `OUT.steps/`, outside what a user copies to share the model)
 as soon as step B ends, one set a process: `rank-R.summary.json` (both views) and `rank-R.trace.json` (the whole
@@ -30,6 +30,7 @@ from granite_cli.errors import BadInput
 
 REGIONS = ("batch", "forward", "backward", "optimizer")
 FAMILIES = (  # the first pattern an operator's name matches names its family
+    ("compiled graph", r"CompiledFxGraph"),  # on a CPU, a torch.compile'd graph's call: its fused code is not seen inside
     ("communication", r"nccl|all_?reduce|reduce_scatter|all_?gather|c10d"),
     ("attention", r"flash|fmha|attention|sdpa"),
     ("loss head", r"logsumexp|log_softmax|cross_entropy|nll_loss|liger"),
