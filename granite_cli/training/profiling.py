@@ -147,22 +147,17 @@ class StepProfiler:
 
     def operators(self, device_time: bool) -> list[tuple[str, int, float]]:
         """(name, calls, seconds) of every operator, largest self time first; our region markers left out. On a GPU
-        the kernels themselves (an operator and the kernel it launches would otherwise both count the time)."""
+        the kernels themselves: an operator and the kernel it launches both carry the kernel's time, so summing both
+        would count it twice (where a profiler lists no kernels apart, the operators' own device time)."""
         from torch.autograd import DeviceType
 
-        rows = []
-        for event in self.profiler.key_averages():
-            if event.is_user_annotation or event.key.startswith("granite: "):
-                continue
-            if device_time:
-                if event.device_type == DeviceType.CPU:
-                    continue
-                seconds = event.self_device_time_total / 1e6
-            else:
-                seconds = event.self_cpu_time_total / 1e6
-            if seconds > 0:
-                rows.append((event.key, event.count, seconds))
-        return sorted(rows, key=lambda row: -row[2])
+        events = [e for e in self.profiler.key_averages() if not (e.is_user_annotation or e.key.startswith("granite: "))]
+        if not device_time:
+            rows = [(e.key, e.count, e.self_cpu_time_total / 1e6) for e in events]
+        else:
+            kernels = [e for e in events if e.device_type != DeviceType.CPU] or events
+            rows = [(e.key, e.count, e.self_device_time_total / 1e6) for e in kernels]
+        return sorted((row for row in rows if row[2] > 0), key=lambda row: -row[2])
 
     def write(self) -> None:
         from granite_cli.data.atomic import atomic_path

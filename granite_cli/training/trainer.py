@@ -15,7 +15,8 @@ denominator over the global batch (so accumulation and data parallelism give the
 big batch); clip; set the LR from the schedule; step. A stage that makes its own batches (rl: several
 optimizer steps on one rollout batch) calls `step_on` itself; `logprobs(batch)` and
 `logprobs(batch, reference=True)` score a batch without gradients under the current policy and under a
-frozen copy of the starting model.
+frozen copy of the starting model. With --profile A:B, steps A to B are timed part by part (the batch, forward,
+backward, optimizer) and recorded by torch.profiler (granite_cli/training/profiling.py).
 """
 
 from __future__ import annotations
