@@ -67,7 +67,6 @@ class StepProfiler:
         self.profiler = None
         self.region_seconds: dict[str, list[float]] = {name: [] for name in REGIONS}
         self.step_seconds: list[float] = []
-        self._step_started = 0.0
         if steps and main and out is not None:
             shutil.rmtree(out, ignore_errors=True)  # an earlier run's; before any process can reach step `first`
 
@@ -93,10 +92,10 @@ class StepProfiler:
         for seconds in self.region_seconds.values():
             seconds.append(0.0)
         self._sync()
-        self._step_started = time.perf_counter()
+        started = time.perf_counter()
         yield
         self._sync()
-        self.step_seconds.append(time.perf_counter() - self._step_started)
+        self.step_seconds.append(time.perf_counter() - started)
         if number == self.last:
             self.profiler.stop()
             self.write()
