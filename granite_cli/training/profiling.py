@@ -65,7 +65,7 @@ class StepProfiler:
         self.first, self.last = steps or (0, -1)
         self.out, self.device, self.rank, self.main = out, device, rank, main
         self.profiler = None
-        self.region_seconds: dict[str, list[float]] = {name: [] for name in REGIONS}
+        self.region_seconds = dict.fromkeys(REGIONS, 0.0)  # summed over the profiled steps
         self.step_seconds: list[float] = []
         if steps and main and out is not None:
             shutil.rmtree(out, ignore_errors=True)  # an earlier run's; before any process can reach step `first`
@@ -89,8 +89,6 @@ class StepProfiler:
         if not self.active:  # a run resumed inside the window: its first steps ran in an earlier process
             yield
             return
-        for seconds in self.region_seconds.values():
-            seconds.append(0.0)
         self._sync()
         started = time.perf_counter()
         yield
@@ -113,7 +111,7 @@ class StepProfiler:
         with tp.record_function(f"granite: {name}"):
             yield
         self._sync()
-        self.region_seconds[name][-1] += time.perf_counter() - started
+        self.region_seconds[name] += time.perf_counter() - started
 
     def _sync(self) -> None:
         import torch
@@ -126,14 +124,15 @@ class StepProfiler:
         """Both views as seconds a step (means over the profiled steps), and each one's share."""
         n = len(self.step_seconds)
         step = statistics.fmean(self.step_seconds)
-        regions = {name: sum(values) / n for name, values in self.region_seconds.items()}
+        regions = {name: seconds / n for name, seconds in self.region_seconds.items()}
         regions["rest of the step"] = max(step - sum(regions.values()), 0.0)
         device_time = self.device.type == "cuda"
         operators = self.operators(device_time)
         total = sum(seconds for _, _, seconds in operators) or 1e-12
         families: dict[str, float] = {}
         for name, _, seconds in operators:
-            families[family(name)] = families.get(family(name), 0.0) + seconds / n
+            kind = family(name)
+            families[kind] = families.get(kind, 0.0) + seconds / n
         return {
             "steps": [self.first, self.last], "rank": self.rank, "device": str(self.device),
             "step_seconds": step, "regions_seconds": regions,
