@@ -17,7 +17,10 @@ CLI run with and without it (`--allocator-presets`).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,30 +112,24 @@ def allocator_ratio(preset: str, rounds: int, steps: int = 8) -> dict:
     """`granite pretrain` (the CLI, fp32) with granite's allocator setting against glibc's defaults
     (GRANITE_KEEP_FREED_MEMORY=0; granite_cli/allocator.py): median tokens/s of the steps after the warm-up, the
     two taking turns in each round. Both runs of the HF comparison above share the setting, so it is measured here."""
-    import json
-    import os
-    import subprocess
-
     out = REPO / "runs" / "bench" / "allocator"
 
-    def run(keep: str):
-        def once():
-            subprocess.run([sys.executable, "-m", "granite_cli", "pretrain", "--run-dir", str(REPO / "runs" / "tiny"), "-o",
-                            str(out), "--overwrite", "--preset", preset, "--seq-len", str(SEQ), "--batch-tokens",
-                            str(GLOBAL * SEQ), "--micro-batch", str(MICRO), "--steps", str(steps), "--precision", "fp32",
-                            "--peak-tflops", "1", "--log-every", "1", "--val-tokens", str(SEQ)], check=True, cwd=REPO,
-                           env={**os.environ, "GRANITE_KEEP_FREED_MEMORY": keep}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-            lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            rates = [m["tokens_per_second"] for m in lines if "tokens_per_second" in m]  # not the validation lines
-            results[keep].append(statistics.median(rates[WARMUP:steps]))
-        return once
+    def tokens_per_second(keep: str) -> float:
+        subprocess.run([sys.executable, "-m", "granite_cli", "pretrain", "--run-dir", str(REPO / "runs" / "tiny"), "-o",
+                        str(out), "--overwrite", "--preset", preset, "--seq-len", str(SEQ), "--batch-tokens",
+                        str(GLOBAL * SEQ), "--micro-batch", str(MICRO), "--steps", str(steps), "--precision", "fp32",
+                        "--peak-tflops", "1", "--log-every", "1", "--val-tokens", str(SEQ)], check=True, cwd=REPO,
+                       env={**os.environ, "GRANITE_KEEP_FREED_MEMORY": keep}, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rates = [m["tokens_per_second"] for m in lines if "tokens_per_second" in m]  # not the validation lines
+        return statistics.median(rates[WARMUP:steps])
 
-    results = {"1": [], "0": []}
+    rates = {"1": [], "0": []}
     for _ in range(rounds):
-        run("1")()
-        run("0")()
-    kept, default = statistics.median(results["1"]), statistics.median(results["0"])
+        for keep in rates:
+            rates[keep].append(tokens_per_second(keep))
+    kept, default = statistics.median(rates["1"]), statistics.median(rates["0"])
     return {"preset": preset, "tokens_per_second": {"keep_freed_memory": kept, "glibc_defaults": default},
             "ratio_keep_freed_memory_vs_glibc_defaults": kept / default}
 
