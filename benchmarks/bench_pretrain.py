@@ -6,7 +6,10 @@ machine's CPU, in one run, at each setting: fp32, bf16 autocast, and bf16 with t
 happens there); tokens/s = global batch tokens / that median. The goal compares each tool's best setting. MFU
 divides achieved model FLOP/s (granite_cli/training/flops.py) by this machine's measured fp32 matmul peak.
 
-    python benchmarks/bench_pretrain.py [--preset small-10m] [--steps 8] [--settings fp32,bf16,bf16+compile]
+    python benchmarks/bench_pretrain.py [--preset small-10m] [--steps 8] [--settings fp32,bf16,bf16+compile] [--rounds 3]
+
+With --rounds R every setting runs R times for each tool, the two tools taking turns, and each figure is the median
+of its R runs; the JSON keeps every round's best-against-best ratio, whose spread says how far one run can be trusted.
 
 Where granite's step time goes: `granite pretrain --profile 4:6` (granite_cli/training/profiling.py). Every run of this
 benchmark, granite's and HF's, shares granite's allocator setting (set by granite's trainer on the CPU, and by
@@ -139,6 +142,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small-10m")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--settings", default="fp32,bf16,bf16+compile")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every setting for each tool (medians of them)")
     parser.add_argument("--mfu-presets", default="tiny-2m,base-50m")
     parser.add_argument("--allocator-presets", default="tiny-2m,small-10m",
                         help="presets whose `granite pretrain` runs with and without granite's allocator setting")
@@ -151,14 +155,20 @@ def main() -> None:
 
     vocab = len(load_tokenizer(str(tokenizer())))
     tokens_per_step = GLOBAL * SEQ
-    seconds, config = {}, None
-    for setting in args.settings.split(","):
-        seconds[setting], config = granite_seconds_per_step(args.preset, args.steps, vocab, setting)
-        seconds[f"hf_{setting}"] = hf_trainer_seconds_per_step(args.preset, args.steps, vocab, setting)
-        print(f"{setting}: granite {seconds[setting]:.3f} s/step, HF Trainer {seconds[f'hf_{setting}']:.3f}", file=sys.stderr)
-    ours = {s: v for s, v in seconds.items() if not s.startswith("hf_")}
-    theirs = {s[3:]: v for s, v in seconds.items() if s.startswith("hf_")}
+    settings = args.settings.split(",")
+    rounds, config = [], None  # rounds[r][tool][setting]: seconds a step
+    for number in range(args.rounds):
+        ours, theirs = {}, {}
+        for setting in settings:
+            ours[setting], config = granite_seconds_per_step(args.preset, args.steps, vocab, setting)
+            theirs[setting] = hf_trainer_seconds_per_step(args.preset, args.steps, vocab, setting)
+            print(f"round {number + 1}/{args.rounds}, {setting}: granite {ours[setting]:.3f} s/step, "
+                  f"HF Trainer {theirs[setting]:.3f}", file=sys.stderr)
+        rounds.append({"granite": ours, "hf_trainer": theirs})
+    ours = {s: statistics.median(r["granite"][s] for r in rounds) for s in settings}
+    theirs = {s: statistics.median(r["hf_trainer"][s] for r in rounds) for s in settings}
     best_ours, best_theirs = min(ours, key=ours.get), min(theirs, key=theirs.get)
+    round_ratios = [min(r["hf_trainer"].values()) / min(r["granite"].values()) for r in rounds]
     peak = measure_peak_flops(torch.device("cpu"), torch.float32, seconds=2.0)
     mfu = {}
     for preset in [args.preset, *filter(None, args.mfu_presets.split(","))]:
@@ -174,6 +184,7 @@ def main() -> None:
         "ratio_same_setting": {s: theirs[s] / ours[s] for s in ours},
         "best": {"granite": best_ours, "hf_trainer": best_theirs},
         "ratio_best_vs_best": theirs[best_theirs] / ours[best_ours], "goal": {"ratio_best_vs_best": ">= 1.3"},
+        "rounds": rounds, "ratio_best_vs_best_each_round": round_ratios,
         "cpu_peak_fp32_tflops": peak / 1e12, "cpu_mfu_fp32": mfu,
         "allocator": {preset: allocator_ratio(preset, args.allocator_rounds)
                       for preset in filter(None, args.allocator_presets.split(","))},
