@@ -139,8 +139,44 @@ def stage_label(directory: Path) -> str:
 
 
 def lineage_entry(stage: str, arguments: dict, inputs: list[dict], metrics: dict) -> dict:
-    return {"stage": stage, "arguments": arguments, "inputs": inputs, "metrics": metrics,
+    return {"stage": stage, "arguments": arguments, "inputs": inputs, "metrics": metrics, "machine": machine(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def machine() -> dict:
+    """What a stage ran on, as far as it decides the last bits of the weights. The same inputs and seed give other bits
+    under another torch, another GPU, or a CPU with another instruction set: MKL and ATen pick their kernels by it
+    (phase 2 of the tiny recipe with AVX2 kernels forced on an AVX-512 machine: loss 4.235369 against 4.235370 at
+    step 10). Two runs that differ can then be told apart by it."""
+    import platform
+
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    return info
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(info: dict) -> str:
+    """One line for `granite info`: torch, the CPU and its kernels' instruction set, threads, and the GPU if any."""
+    line = f"torch {info.get('torch', '?')}, {info.get('cpu', '?')} ({info.get('cpu_capability', '?')}), " \
+           f"{info.get('threads', '?')} threads"
+    return line + (f", {info['gpu']} (CUDA {info.get('cuda')})" if "gpu" in info else "")
 
 
 def load_trainer_state(directory: Path) -> dict:

@@ -46,9 +46,26 @@ def test_loss_falls_and_the_checkpoint_is_complete(run_dir):
     assert final["val_loss"] > 0 and 0 < final["val_bpb"] < 10
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage[-1]["stage"] == "pretrain" and lineage[-1]["metrics"]["steps"] == 30
+    machine = lineage[-1]["machine"]  # what decides the last bits: torch, the CPU's kernels, threads
+    assert machine["torch"] == torch.__version__ and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["threads"] >= 1 and machine["cpu"]
     assert not (run_dir / "checkpoints" / ".loss.partial").exists()
-    info = granite("info", out, check=True).stderr.decode()
+    info = " ".join(granite("info", out, check=True).stderr.decode().split())
     assert "pretrain" in info and "GraniteForCausalLM" in info
+    assert f"ran on torch {torch.__version__}" in info and f"({machine['cpu_capability']})" in info
+
+
+def test_info_says_where_the_machine_changes_along_the_lineage(run_dir, tmp_path):
+    out = run_dir / "checkpoints" / "loss"
+    if not out.exists():
+        granite("pretrain", "--run-dir", run_dir, "-o", out, "--steps", "3", *FAST, check=True)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    entry = json.loads((copy / "lineage.json").read_text())[-1]
+    elsewhere = {**entry, "machine": {**entry["machine"], "cpu_capability": "AVX2"}}
+    (copy / "lineage.json").write_text(json.dumps([entry, entry, elsewhere]))
+    info = " ".join(granite("info", copy, check=True).stderr.decode().split())
+    assert "#1 ran on" in info and "#2 ran on" not in info and "#3 ran on" in info and "(AVX2)" in info
 
 
 def test_checkpoint_loads_in_plain_transformers_with_the_same_logits(run_dir):
