@@ -1,6 +1,7 @@
 """One table of every ratio the benchmarks measured, beside its goal: what `make bench` prints last.
 
-Each benchmark writes benchmarks/results/NAME.json; every number under a key with "ratio" in its name, at any
+Each benchmark writes benchmarks/results/NAME.json; every number under a key with the word "ratio" in its name
+(`time_ratio`, `ratio_same_setting`; not `generation_share` or `calibration`, which only spell it), at any
 depth (pretrain's and sft's per-setting ratios, filter's near-dedup speed ratio), becomes a row, with the file's goal. A benchmark that
 has not run is listed as missing, so the table never looks complete when it is not.
 
@@ -32,7 +33,7 @@ def ratio_rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
 def ratios(result: dict, prefix: str = "", inside_ratio: bool = False):
     """(dotted key, number) of every number under a key that names a ratio, at any depth."""
     for key, value in result.items():
-        named = inside_ratio or "ratio" in key
+        named = inside_ratio or "ratio" in key.split("_")
         if isinstance(value, dict):
             yield from ratios(value, f"{prefix}{key}.", named)
         elif named and isinstance(value, (int, float)) and not isinstance(value, bool):

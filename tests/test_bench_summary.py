@@ -15,6 +15,8 @@ def test_every_ratio_at_any_depth_is_listed_with_its_goal_and_missing_benchmarks
     (tmp_path / "tokenize.json").write_text(json.dumps({"ratio_granite_vs_datatrove": 1.97, "same_output": True,
                                                         "goals": {"vs_datatrove": ">= 1.2"}}))
     (tmp_path / "memory.json").write_text(json.dumps({"runs": [], "goal": "flat"}))
+    (tmp_path / "rl.json").write_text(json.dumps({"granite": {"generation_share": 0.41}, "time_ratio": 0.37,
+                                                  "calibration": 0.5, "goal": "<= 0.5x"}))
     rows = {(bench, measure): (value, goal) for bench, measure, value, goal in summary(tmp_path)}
     assert rows[("mix", "ratio_granite_vs_zstd")] == ("0.11x", ">= 0.5")
     assert rows[("sft", "ratio_same_setting.fp32")] == ("3.46x", ">= 1.2")
@@ -24,7 +26,9 @@ def test_every_ratio_at_any_depth_is_listed_with_its_goal_and_missing_benchmarks
     assert rows[("tokenize", "ratio_granite_vs_datatrove")] == ("1.97x", "vs_datatrove >= 1.2")
     assert rows[("memory", "(no ratio: see the JSON)")] == ("", "flat")
     assert ("mix", "median_seconds.granite_mix") not in rows and ("filter", "peak_rss.mb") not in rows
-    ran = {"mix", "sft", "filter", "tokenize", "memory"}
+    assert rows[("rl", "time_ratio")] == ("0.37x", "<= 0.5x")  # a share or a word that only spells "ratio" is no ratio
+    assert ("rl", "granite.generation_share") not in rows and ("rl", "calibration") not in rows
+    ran = {"mix", "sft", "filter", "tokenize", "memory", "rl"}
     assert {bench for bench, measure in rows if measure.startswith("missing")} == set(BENCHMARKS) - ran
     assert rows[("gpu", "not run here: needs an NVIDIA GPU (python benchmarks/bench_gpu.py)")] == ("", "")
 
