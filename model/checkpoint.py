@@ -147,12 +147,12 @@ def machine() -> dict:
     """What a stage ran on, as far as it decides the last bits of the weights. The same inputs and seed give other bits
     under another torch, another GPU, or a CPU with another instruction set: MKL and ATen pick their kernels by it
     (phase 2 of the tiny recipe with AVX2 kernels forced on an AVX-512 machine: loss 4.235369 against 4.235370 at
-    step 10). Two runs that differ can then be told apart by it."""
+    step 10), and a BLAS may tune its blocking to the caches. Two runs that differ can then be told apart by it."""
     import platform
 
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_name(),
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_name(), "cpu_caches": _caches(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
@@ -160,21 +160,41 @@ def machine() -> dict:
 
 
 def _cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says."""
+    """The CPU's model name with its family, model and stepping (Linux's /proc/cpuinfo: a virtual machine's name can be
+    a generic one that the numbers tell apart), else what the platform says."""
     import platform
 
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        first_cpu = ""
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
+    if not fields.get("model name"):
+        return platform.processor() or platform.machine()
+    numbers = ", ".join(f"{name} {fields[key]}" for name, key in (("family", "cpu family"), ("model", "model"),
+                                                                  ("stepping", "stepping")) if key in fields)
+    return f"{fields['model name']} ({numbers})"
+
+
+CACHE_KINDS = {"Data": "d", "Instruction": "i", "Unified": ""}
+
+
+def _caches() -> str:
+    """The first CPU's caches as Linux lists them ("L1d 48K, L1i 64K, L2 2048K, L3 491520K"), or "" where it does not."""
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches.append(f"L{level}{CACHE_KINDS.get(kind, '')} {size}")
+    return ", ".join(caches)
 
 
 def describe_machine(info: dict) -> str:
-    """One line for `granite info`: torch, the CPU and its kernels' instruction set, threads, and the GPU if any."""
-    line = f"torch {info.get('torch', '?')}, {info.get('cpu', '?')} ({info.get('cpu_capability', '?')}), " \
+    """One line for `granite info`: torch, the CPU, its kernels' instruction set and caches, threads, and the GPU."""
+    caches = f", caches {info['cpu_caches']}" if info.get("cpu_caches") else ""
+    line = f"torch {info.get('torch', '?')}, {info.get('cpu', '?')}, {info.get('cpu_capability', '?')} kernels{caches}, " \
            f"{info.get('threads', '?')} threads"
     return line + (f", {info['gpu']} (CUDA {info.get('cuda')})" if "gpu" in info else "")
 
