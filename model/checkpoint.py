@@ -191,14 +191,6 @@ def _caches() -> str:
     return ", ".join(caches)
 
 
-def describe_machine(info: dict) -> str:
-    """One line for `granite info`: torch, the CPU, its kernels' instruction set and caches, threads, and the GPU."""
-    caches = f", caches {info['cpu_caches']}" if info.get("cpu_caches") else ""
-    line = f"torch {info.get('torch', '?')}, {info.get('cpu', '?')}, {info.get('cpu_capability', '?')} kernels{caches}, " \
-           f"{info.get('threads', '?')} threads"
-    return line + (f", {info['gpu']} (CUDA {info.get('cuda')})" if "gpu" in info else "")
-
-
 def load_trainer_state(directory: Path) -> dict:
     import torch
 

@@ -21,7 +21,7 @@ def info_command(checkpoint: str = typer.Argument(..., help="Checkpoint director
     if not config_path.exists():
         raise BadInput("not a checkpoint directory (no config.json)", checkpoint)
     config = json.loads(config_path.read_text())
-    from model.checkpoint import check_weights, describe_machine
+    from model.checkpoint import check_weights
 
     check_weights(directory)
     params = parameter_count(config)
@@ -51,6 +51,14 @@ def info_command(checkpoint: str = typer.Argument(..., help="Checkpoint director
         if entry.get("machine", previous) != previous:  # where the machine changes: other last bits for the same inputs
             previous = entry["machine"]
             console.print(f"  #{number} ran on {describe_machine(previous)}")
+
+
+def describe_machine(info: dict) -> str:
+    """One line: torch, the CPU, its kernels' instruction set and caches, threads, and the GPU."""
+    caches = f", caches {info['cpu_caches']}" if info.get("cpu_caches") else ""
+    line = f"torch {info.get('torch', '?')}, {info.get('cpu', '?')}, {info.get('cpu_capability', '?')} kernels{caches}, " \
+           f"{info.get('threads', '?')} threads"
+    return line + (f", {info['gpu']} (CUDA {info.get('cuda')})" if "gpu" in info else "")
 
 
 def parameter_count(config: dict) -> int:
