@@ -158,13 +158,13 @@ def main() -> None:
     settings = args.settings.split(",")
     rounds, config = [], None  # rounds[r][tool][setting]: seconds a step
     for number in range(args.rounds):
-        ours, theirs = {}, {}
+        granite, hf = {}, {}
         for setting in settings:
-            ours[setting], config = granite_seconds_per_step(args.preset, args.steps, vocab, setting)
-            theirs[setting] = hf_trainer_seconds_per_step(args.preset, args.steps, vocab, setting)
-            print(f"round {number + 1}/{args.rounds}, {setting}: granite {ours[setting]:.3f} s/step, "
-                  f"HF Trainer {theirs[setting]:.3f}", file=sys.stderr)
-        rounds.append({"granite": ours, "hf_trainer": theirs})
+            granite[setting], config = granite_seconds_per_step(args.preset, args.steps, vocab, setting)
+            hf[setting] = hf_trainer_seconds_per_step(args.preset, args.steps, vocab, setting)
+            print(f"round {number + 1}/{args.rounds}, {setting}: granite {granite[setting]:.3f} s/step, "
+                  f"HF Trainer {hf[setting]:.3f}", file=sys.stderr)
+        rounds.append({"granite": granite, "hf_trainer": hf})
     ours = {s: statistics.median(r["granite"][s] for r in rounds) for s in settings}
     theirs = {s: statistics.median(r["hf_trainer"][s] for r in rounds) for s in settings}
     best_ours, best_theirs = min(ours, key=ours.get), min(theirs, key=theirs.get)

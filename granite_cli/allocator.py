@@ -8,9 +8,9 @@ log-softmax took about four times as long inside a training step as on its own, 
 Raising both thresholds to 1 GiB keeps that memory in the heap: the process holds on to what its largest step
 used (which it needs again at the next step) instead of returning it.
 
-On the 2-core development machine (2026-12-04), `granite pretrain` in fp32 ran at 1.29x the tokens/s of glibc's
-defaults for tiny-2m (12.2K against 9.5K, three alternating runs each) and 1.07-1.17x for small-10m; bf16 with
-torch.compile gained nothing beyond the noise of two runs. benchmarks/bench_pretrain.py measures it.
+On the 2-core development machine (2026-12-04), `granite pretrain` in fp32 ran at 1.32x the tokens/s of glibc's
+defaults for tiny-2m (11.95K against 9.05K, three alternating runs each) and 1.12x for small-10m; bf16 with
+torch.compile gained nothing beyond the noise of two runs. benchmarks/bench_pretrain.py measures it (README).
 
 A process with MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in its environment keeps what it was given, and
 GRANITE_KEEP_FREED_MEMORY=0 keeps glibc's defaults. Elsewhere than glibc (musl, macOS) nothing changes.
