@@ -148,6 +148,8 @@ def main() -> None:
                         help="presets whose `granite pretrain` runs with and without granite's allocator setting")
     parser.add_argument("--allocator-rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be at least 1")
     import torch
 
     from granite_cli.training.flops import flops_per_token, measure_peak_flops
