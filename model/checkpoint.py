@@ -119,8 +119,17 @@ def load_for_generation(directory: Path, device: str = "auto", dtype: str = "aut
 
 
 def read_lineage(directory: Path) -> list[dict]:
+    """A checkpoint's lineage (empty where it has none); one that does not parse as a list of entries is bad input."""
     path = Path(directory) / LINEAGE
-    return json.loads(path.read_text()) if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        lineage = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInput(f"corrupt lineage ({err})", str(path)) from err
+    if not isinstance(lineage, list) or not all(isinstance(entry, dict) for entry in lineage):
+        raise BadInput("corrupt lineage: not a list of entries", str(path))
+    return lineage
 
 
 def stage_label(directory: Path) -> str:

@@ -21,7 +21,7 @@ def info_command(checkpoint: str = typer.Argument(..., help="Checkpoint director
     if not config_path.exists():
         raise BadInput("not a checkpoint directory (no config.json)", checkpoint)
     config = json.loads(config_path.read_text())
-    from model.checkpoint import check_weights
+    from model.checkpoint import check_weights, read_lineage
 
     check_weights(directory)
     params = parameter_count(config)
@@ -36,20 +36,21 @@ def info_command(checkpoint: str = typer.Argument(..., help="Checkpoint director
     if not lineage_path.exists():
         console.print("  no lineage.json: not made by granite")
         return
-    lineage = json.loads(lineage_path.read_text())
+    lineage = read_lineage(directory)
     table = Table(title="lineage", title_justify="left")
     for column in ("#", "stage", "phase", "tokens", "steps", "loss", "val loss", "val bpb", "finished"):
         table.add_column(column)
     for number, entry in enumerate(lineage, start=1):
         m, a = entry.get("metrics", {}), entry.get("arguments", {})
-        table.add_row(str(number), entry["stage"], str(a.get("phase", "")), format_count(m.get("tokens", 0)),
+        table.add_row(str(number), str(entry.get("stage", "")), str(a.get("phase", "")), format_count(m.get("tokens", 0)),
                       str(m.get("steps", "")), _num(m.get("loss")), _num(m.get("val_loss")), _num(m.get("val_bpb")),
                       entry.get("finished", ""))
     console.print(table)
     previous = None
     for number, entry in enumerate(lineage, start=1):
-        if entry.get("machine", previous) != previous:  # where the machine changes: other last bits for the same inputs
-            previous = entry["machine"]
+        machine = entry.get("machine")
+        if isinstance(machine, dict) and machine != previous:  # where it changes: other last bits for the same inputs
+            previous = machine
             console.print(f"  #{number} ran on {describe_machine(previous)}")
 
 

@@ -183,6 +183,29 @@ def test_damaged_weights_are_bad_input_for_every_command_that_loads_them(checkpo
         assert any(m in err for m in ("weights file", "no model weights", "cannot load the model")), (command, err)
 
 
+@pytest.mark.parametrize("lineage, message", [('{"x', "corrupt lineage"), ('{"stage": "sft"}', "not a list"),
+                                                ('["sft"]', "not a list")])
+def test_a_corrupt_lineage_is_bad_input_for_info(checkpoint, tmp_path, lineage, message):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / "lineage.json").write_text(lineage)
+    result = granite("info", broken)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err and message in err, err
+
+
+def test_info_passes_over_a_machine_record_it_cannot_read(checkpoint, tmp_path):
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(checkpoint, odd)
+    (odd / "lineage.json").write_text('[{"stage": "pretrain", "machine": "a string"}]')
+    result = granite("info", odd)
+    assert result.returncode == 0 and "ran on" not in result.stderr.decode()
+
+
 @pytest.fixture(params=["zstd program", "zstandard in process"])
 def zstd_reader(request, monkeypatch):
     """Both ways a .zst file is read: the `zstd` program in a child process (where installed) and the in-process
