@@ -28,7 +28,8 @@ def kill_after_first_checkpoint(args, workdir: Path, timeout: float = 120) -> No
 
     proc = cli_process.start(list(map(str, args)), None, dict(os.environ), os.devnull, os.devnull, os.devnull)
     deadline = time.time() + timeout
-    while not (workdir.exists() and any((d / "lineage.json").exists() for d in workdir.iterdir())):
+    while not (workdir.exists() and any(d.name.startswith("step-") and (d / "lineage.json").exists()
+                                        for d in workdir.iterdir())):  # not a checkpoint still being written
         assert proc.exitcode is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     proc.kill()  # SIGKILL

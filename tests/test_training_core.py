@@ -1,6 +1,7 @@
 """The shared training core: chunked log-probabilities, a pluggable loss, several steps on one batch, a reference model."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -234,3 +235,11 @@ def test_the_loss_chunk_size_bounds_the_positions_projected_at_once_and_keeps_th
     sizes.clear()
     chunked = make_trainer(tmp_path, loss_chunk_tokens=5).step_on(batch_of())["loss"]
     assert max(sizes) == 5 and chunked == pytest.approx(whole, rel=1e-6)
+
+
+def test_a_resume_with_no_step_checkpoint_starts_over_without_the_killed_runs_metric_lines(tmp_path):
+    trainer = make_trainer(tmp_path)
+    killed = [{"step": 1, "loss": 7.7}, {"step": 2, "loss": 7.5}]  # logged before the kill, no checkpoint yet
+    trainer.metrics_path.write_text("".join(json.dumps(line) + "\n" for line in killed))
+    assert trainer.resume() is False and trainer.step == 0
+    assert trainer.metrics_path.read_text() == ""  # the run starting over logs its own steps 1, 2, ... once

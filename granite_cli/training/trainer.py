@@ -292,13 +292,15 @@ class Trainer:
                 shutil.rmtree(old)
 
     def resume(self) -> bool:
-        """Continue from the newest step checkpoint in workdir; False when there is none."""
+        """Continue from the newest step checkpoint in workdir; False when there is none, and the run starts over (the
+        metric lines of a run killed before its first checkpoint are dropped, or the curve would hold them twice)."""
         import torch
 
         from model.checkpoint import load_trainer_state
 
         found = step_checkpoints(self.workdir)
         if not found:
+            truncate_metrics(self.metrics_path, 0)
             return False
         latest = found[-1]
         from safetensors.torch import load_file
