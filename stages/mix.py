@@ -9,7 +9,7 @@ The recipe declares the mixture (source -> share of tokens, OLMo-core style); th
    throughout and every prefix is close to the mixture. Within a source, files are visited in a
    seeded order each epoch and documents pass through a seeded shuffle buffer: memory stays bounded.
 3. write: stdout or zstd files. With --num-shards N each job-array worker reads only its part of each
-   source (granite_cli/data/sources.py: byte ranges of plain JSONL, compressed files dealt out whole) and
+   source (granite_cli/data/parts.py: byte ranges of plain JSONL, compressed files dealt out whole) and
    mixes 1/N of every source's target from it, so N workers read the data once between them, each
    worker's output meets the shares, and so does their union; no document reaches two workers.
 4. report: a table of target vs achieved shares on stderr.
@@ -39,12 +39,14 @@ from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import Recipe, Source, format_count, load_recipe
 from granite_cli.data.atomic import atomic_path
 from granite_cli.data.records import ErrorPolicy, dumps, record_writer
-from granite_cli.data.sources import Part, read_split, worker_parts
+from granite_cli.data.parts import Part, worker_parts
+from granite_cli.data.sources import read_split, source_units
 
 SHUFFLE_BUFFER = 1024
 PROGRESS_EVERY = 1024  # documents between progress-bar updates (a per-document update costs ~10% of the run)
 MAX_PASSES = 32  # documents a source may pass over, near its target, looking for one that fits
 RECORD_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
+COUNTS_FORMAT = 2  # in the token-count cache's keys; 2: a strided part keeps every N-th line (1: every N-th document)
 
 
 def mix_command(
@@ -97,7 +99,7 @@ def mix_command(
     policy = ErrorPolicy(on_error)
     counter = token_counter(loaded, tokenizer)
     fraction = loaded.heldout_fraction
-    parts = {name: worker_parts(sources[name], index, count) for name in targets}
+    parts = {name: worker_parts(source_units(sources[name]), index, count) for name in targets}
     available = available_tokens(sources, parts, counter, policy, loaded.paths.cache, fraction)
     mine = {name: target / count for name, target in targets.items()}  # this worker's 1/N of every source
     check_supply(sources, mine, available, index, count)
@@ -141,7 +143,8 @@ def write_heldout(recipe: Recipe, phase: Optional[int], seed: int, output: Optio
     policy = ErrorPolicy(on_error)
     counter = token_counter(recipe, None)
     cursors = [SourceCursor(_declared(recipe, name), 0.0, seed, policy, counter, heldout=True, fraction=recipe.heldout_fraction,
-                            parts=worker_parts(_declared(recipe, name), 0, 1), phase="heldout") for name in names]
+                            parts=worker_parts(source_units(_declared(recipe, name)), 0, 1), phase="heldout")
+               for name in names]
     with record_writer(_output_path(output, 0, 1)) as sink:
         for cursor in cursors:
             for doc, line in cursor.documents:
@@ -222,8 +225,8 @@ def available_tokens(sources: dict[str, Source], parts: dict[str, list[Part]], c
         available[name] = 0
         for part in parts[name]:
             stat = os.stat(part.unit) if os.path.exists(part.unit) else None
-            key = hashlib.sha256(f"{part.key()}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{counter.identity}|"
-                                 f"{source.text_field}|{fraction}".encode()).hexdigest()
+            key = hashlib.sha256(f"{COUNTS_FORMAT}|{part.key()}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|"
+                                 f"{counter.identity}|{source.text_field}|{fraction}".encode()).hexdigest()
             if key not in cache or stat is None:
                 cache[key] = sum(counter.count(doc["text"]) for doc, _ in read_split(part, source, policy, fraction, False))
                 changed = True
@@ -265,7 +268,7 @@ class SourceCursor:
     slack: float = 0.0
     heldout: bool = False
     fraction: float = 0.0
-    parts: list = field(default_factory=list)  # what this worker reads of the source (granite_cli/data/sources.py)
+    parts: list = field(default_factory=list)  # what this worker reads of the source (granite_cli/data/parts.py)
     worker: tuple = (0, 1)  # (index, count) in the job array
     phase: object = None  # what the written documents' `phase` says: the phase number, or "heldout"
     stage: Optional[str] = None

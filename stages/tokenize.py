@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -32,6 +32,7 @@ from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import format_count, load_recipe, parse_count
 from granite_cli.data.atomic import OutputLock, atomic_directory, atomic_path, partial_directory, publish
+from granite_cli.data.parts import part_records, worker_parts
 from granite_cli.data.records import STDIO, ErrorPolicy, input_paths, read_records
 from granite_cli.data.sources import read_unit, source_units
 
@@ -66,8 +67,10 @@ def tokenize_command(
 
     In a job array (--num-shards N, or Slurm's array variables) worker I writes its own part-I
     directory, which a training stage given the parent directory reads with the others. Reading
-    files, worker I takes every N-th document; reading stdin it takes the whole stream, which is
-    already its share (`granite mix` in the same array splits the documents upstream).
+    files, worker I reads only its part of them: 1/N of each plain JSONL file, or its share of the
+    compressed files (every N-th line of each, where there are fewer files than workers); reading
+    stdin it takes the whole stream, which is already its share (`granite mix` in the same array
+    splits the documents upstream).
     """
     paths = input_paths(inputs)
     index, count = options.array_position(shard_index, num_shards)
@@ -80,9 +83,10 @@ def tokenize_command(
     identity = tokenizer_identity(tok, tokenizer_path)
     if identity["eos_id"] is None:
         raise BadInput("the tokenizer has no EOS token; documents need one between them", tokenizer_path)
-    records = read_records(paths, policy, require_text=True)
-    if count > 1 and STDIO not in paths:
-        records = (record for position, record in enumerate(records) if position % count == index)
+    if count > 1 and STDIO not in paths:  # this worker's part of the files (granite_cli/data/parts.py)
+        records = chain.from_iterable(part_records(p, policy, require_text=True) for p in worker_parts(paths, index, count))
+    else:
+        records = read_records(paths, policy, require_text=True)
     first = next(records, None)
     if first is None:
         raise BadInput("no documents in the input", ", ".join(paths))

@@ -87,8 +87,9 @@ def test_job_array_workers_each_meet_the_shares_and_share_no_document(phase4, tm
 
 
 def test_plain_files_are_split_into_byte_ranges_each_document_read_by_one_worker(tmp_path):
+    from granite_cli.data.parts import worker_parts
     from granite_cli.data.records import ErrorPolicy
-    from granite_cli.data.sources import read_part, worker_parts
+    from granite_cli.data.sources import read_part, source_units
     from granite_cli.recipe import load_recipe
 
     data = tmp_path / "data"
@@ -102,7 +103,8 @@ def test_plain_files_are_split_into_byte_ranges_each_document_read_by_one_worker
     recipe.write_text(f'[sources.web]\npaths = ["{data}/web-*.jsonl"]\n[sources.code]\npaths = ["{data}/code-*.jsonl"]\n'
                       '[[phases]]\nnumber = 1\ntokens = "40K"\n[phases.mixture]\nweb = 70\ncode = 30\n')
     source = load_recipe(str(recipe), str(tmp_path / "run")).sources["web"]
-    seen = [[d["id"] for p in worker_parts(source, i, 3) for d, _ in read_part(p, source, ErrorPolicy())] for i in range(3)]
+    seen = [[d["id"] for p in worker_parts(source_units(source), i, 3) for d, _ in read_part(p, source, ErrorPolicy())]
+            for i in range(3)]
     everything = [json.loads(line)["id"] for f in sorted(data.glob("web-*.jsonl")) for line in f.read_text().splitlines()]
     assert sorted(sum(seen, [])) == sorted(everything)  # every document once: none lost, none read twice
     assert all(len(ids) > 300 for ids in seen)  # and each worker about a third

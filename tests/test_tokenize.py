@@ -188,15 +188,46 @@ def test_zstd_input(tokenizer_dir, tmp_path):
     assert ShardSet(tmp_path / "s").manifest["documents"] == len(docs)
 
 
+def tokenize_workers(inputs, tokenizer_dir, run_dir, count):
+    """Run `count` tokenize workers over the inputs; each one's result and, where it wrote one, its shard set."""
+    results = [granite("tokenize", *inputs, "-t", tokenizer_dir, "--phase", "7", "--run-dir", run_dir,
+                       "--shard-index", index, "--num-shards", count) for index in range(count)]
+    shards = [run_dir / "shards" / "phase-7" / f"part-{i:05d}" for i in range(count)]
+    return results, [ShardSet(s) if r.returncode == 0 else None for r, s in zip(results, shards)]
+
+
 def test_job_array_workers_split_files_and_write_their_own_parts(tokenizer_dir, tmp_path):
     docs = sample_documents(per_source=2)
-    path = write_jsonl(tmp_path / "d.jsonl", docs)
-    for index in range(2):
-        granite("tokenize", path, "-t", tokenizer_dir, "--phase", "7", "--run-dir", tmp_path, "--shard-index", index,
-                "--num-shards", 2, check=True)
-    parts = [ShardSet(tmp_path / "shards" / "phase-7" / f"part-{i:05d}") for i in range(2)]
-    assert sum(p.manifest["documents"] for p in parts) == len(docs)
-    assert parts[0].manifest["documents"] == (len(docs) + 1) // 2
+    plain = write_jsonl(tmp_path / "d.jsonl", docs)  # split into byte ranges
+    compressed = []  # more files than workers: dealt out whole
+    for i in range(4):
+        compressed.append(tmp_path / f"c{i}.jsonl.zst")
+        compressed[-1].write_bytes(zstandard.ZstdCompressor().compress(b"".join(orjson.dumps(d) + b"\n" for d in docs[i::4])))
+    for inputs, run_dir in (([plain], tmp_path / "plain"), (compressed, tmp_path / "compressed")):
+        results, parts = tokenize_workers(inputs, tokenizer_dir, run_dir, 2)
+        assert all(r.returncode == 0 for r in results), [r.stderr.decode() for r in results]
+        counts = [p.manifest["documents"] for p in parts]
+        assert sum(counts) == len(docs) and min(counts) > 0, counts
+
+
+def test_a_worker_parses_only_its_own_part_of_the_input(tokenizer_dir, tmp_path):
+    """A malformed line stops the one worker whose part holds it; the others never parse it, so they finish."""
+    docs = sample_documents(per_source=2)
+    lines = [orjson.dumps(d) + b"\n" for d in docs]
+    bad = len(lines) - 2  # 0-based: in the last of two byte ranges, and one worker's every third line
+    lines[bad] = b'{"id": "broken", "text": \n'
+    plain = tmp_path / "d.jsonl"
+    plain.write_bytes(b"".join(lines))
+    assert len(b"".join(lines[:bad])) >= plain.stat().st_size // 2  # the bad line begins in worker 1's range
+    results, _ = tokenize_workers([plain], tokenizer_dir, tmp_path / "plain", 2)
+    assert results[0].returncode == 0 and results[1].returncode == 2
+    assert f"{plain}[bytes {plain.stat().st_size // 2}:{plain.stat().st_size}]:" in results[1].stderr.decode()
+    one = tmp_path / "d.jsonl.zst"  # fewer compressed files than workers: every third line each
+    one.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
+    results, parts = tokenize_workers([one], tokenizer_dir, tmp_path / "strided", 3)
+    assert [r.returncode for r in results] == [2 if i == bad % 3 else 0 for i in range(3)]
+    assert f"{one}:{bad + 1}: malformed JSON" in results[bad % 3].stderr.decode()
+    assert sum(p.manifest["documents"] for p in parts if p) == len([i for i in range(len(lines)) if i % 3 != bad % 3])
 
 
 def test_a_long_document_is_encoded_in_pieces_with_the_ids_of_encoding_it_whole(tokenizer_dir):

@@ -37,16 +37,21 @@ def open_binary(path: str) -> IO[bytes]:
     """Open a record file for reading; the extension says whether it is compressed."""
     if path == STDIO:
         return sys.stdin.buffer
-    if not os.path.exists(path):
-        raise BadInput("no such file", path)
-    if os.path.isdir(path):
-        raise BadInput("is a directory; give the record files in it (JSONL, .jsonl.zst or .jsonl.gz)", path)
+    check_record_file(path)
     if path.endswith(".zst"):
         return io.BufferedReader(ZstdProcess(path) if ZSTD else ZstdFrames(open(path, "rb")), buffer_size=READ_CHUNK)
     raw = open(path, "rb")
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     return raw
+
+
+def check_record_file(path: str) -> None:
+    """A record file given by name must be a file: bad input otherwise, before anything is read."""
+    if not os.path.exists(path):
+        raise BadInput("no such file", path)
+    if os.path.isdir(path):
+        raise BadInput("is a directory; give the record files in it (JSONL, .jsonl.zst or .jsonl.gz)", path)
 
 
 class ZstdFrames(io.RawIOBase):

@@ -3,23 +3,23 @@
 Every reader streams: Parquet by record batch, datasets by iteration, JSONL by line, so memory stays
 bounded whatever the size of a source.
 
-A job-array worker reads only its part of each source (`worker_parts`): 1/N of every plain JSONL file as a byte
-range aligned to line starts, and whole compressed (or Parquet) files dealt out by size. A source with fewer
-unsplittable files than workers is the exception: each worker reads those files whole and keeps every N-th
-document, so they are read N times (split such a source into at least N files, or leave it uncompressed).
+A job-array worker reads only its part of each source (granite_cli/data/parts.py): 1/N of every plain JSONL file as
+a byte range aligned to line starts, and whole compressed (or Parquet) files dealt out by size. A source with fewer
+unsplittable files than workers is the exception: each worker decompresses those files whole and keeps every N-th
+line, so they are read N times though each document is parsed once (split such a source into at least N files, or
+leave it uncompressed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import os
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Source
-from granite_cli.data.records import ErrorPolicy, iter_lines, iter_range_lines, parse_line
+from granite_cli.data.parts import Part, part_lines
+from granite_cli.data.records import ErrorPolicy, parse_line
 
 PARQUET_BATCH = 1024
 
@@ -34,66 +34,16 @@ def source_units(source: Source) -> list[str]:
     return files
 
 
-@dataclass(frozen=True)
-class Part:
-    """What one worker reads of one unit: all of it, bytes [start, end) of a plain JSONL file, or every `stride`-th
-    document starting at the `offset`-th (a file it cannot split)."""
-
-    unit: str
-    start: int = 0
-    end: Optional[int] = None
-    stride: int = 1
-    offset: int = 0
-
-    def key(self) -> str:
-        """Names the part (token-count cache keys, reports)."""
-        if self.end is not None:
-            return f"{self.unit}[{self.start}:{self.end}]"
-        return f"{self.unit}[{self.offset}::{self.stride}]" if self.stride > 1 else self.unit
-
-
-def worker_parts(source: Source, index: int, count: int) -> list[Part]:
-    """Worker `index` of `count`'s parts of a source; the parts of all workers together hold each document once."""
-    units = source_units(source)
-    if count == 1:
-        return [Part(u) for u in units]
-    parts, whole = [], []
-    for unit in units:
-        if unit.endswith(".jsonl"):
-            size = os.path.getsize(unit)
-            parts.append(Part(unit, size * index // count, size * (index + 1) // count))
-        else:
-            whole.append(unit)
-    if len(whole) >= count:  # largest first, each to the worker holding the fewest bytes so far
-        loads, mine = [0] * count, []
-        for unit in sorted(whole, key=lambda u: (-_size(u), u)):
-            worker = loads.index(min(loads))
-            loads[worker] += _size(unit)
-            if worker == index:
-                mine.append(unit)
-        parts += [Part(u) for u in sorted(mine)]
-    else:
-        parts += [Part(u, stride=count, offset=index) for u in whole]
-    return parts
-
-
-def _size(unit: str) -> int:
-    return os.path.getsize(unit) if os.path.exists(unit) else 0
-
-
 def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[tuple[dict, Optional[bytes]]]:
     """(document, the JSONL line it was parsed from) for each document of one worker's part of a unit. The line
     lets mix write a document out without serialising it again; Parquet and datasets rows have none (None)."""
-    if part.end is not None:
-        lines = iter_range_lines(part.unit, part.start, part.end)
-        return _jsonl_documents(f"{part.unit}[bytes {part.start}:{part.end}]", lines, source, policy)
     if part.unit.startswith("hf:"):
-        documents = ((row, None) for row in _read_hf(part.unit[3:], source))
+        rows = _read_hf(part.unit[3:], source)
     elif part.unit.endswith(".parquet"):
-        documents = ((row, None) for row in _read_parquet(part.unit, source))
+        rows = _read_parquet(part.unit, source)
     else:
-        documents = _jsonl_documents(part.unit, iter_lines(part.unit), source, policy)
-    return documents if part.stride == 1 else itertools.islice(documents, part.offset, None, part.stride)
+        return _jsonl_documents(*part_lines(part), source, policy)
+    return ((row, None) for row in itertools.islice(rows, part.offset, None, part.stride))
 
 
 def read_unit(unit: str, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
