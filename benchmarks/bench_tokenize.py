@@ -4,7 +4,12 @@ Same corpus (JSONL.zst built from the bundled data), same tokenizer, same machin
 figure is the median of --repeats runs. granite and datatrove go end to end (read .zst, write
 shards); the bare loop encodes texts already in memory and writes nothing, so it is the ceiling.
 
-    python benchmarks/bench_tokenize.py [--megabytes 30] [--repeats 3]
+A job array of --workers workers is timed too, each tool's workers one after another (on a cluster each
+has a node of its own, so the array takes as long as its slowest worker): over the corpus as one plain
+JSONL file, which granite splits into byte ranges and datatrove, sharding by file, gives whole to one
+worker; and over the corpus as 2 x --workers .jsonl.zst files, which both tools deal out whole.
+
+    python benchmarks/bench_tokenize.py [--megabytes 30] [--repeats 3] [--workers 4]
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
+from itertools import chain
 from pathlib import Path
+
+import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import WORK, corpus, median_seconds, save, tokenizer  # noqa: E402
@@ -23,6 +32,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=512, help="documents per encode batch, for all three")
+    parser.add_argument("--workers", type=int, default=4, help="job-array workers for the array measurement")
     args = parser.parse_args()
     data, tok_dir = corpus(args.megabytes), tokenizer()
 
@@ -59,6 +69,8 @@ def main() -> None:
                               eos_token="<|end_of_text|>", batch_size=args.batch, shuffle_documents=False),
         ], tasks=1, workers=1, logging_dir=str(out / "logs"), skip_completed=False).run()
 
+    array = {layout: array_seconds(files, tok, identity, tok_dir, args.workers, args.batch)
+             for layout, files in (("one_plain_file", [plain_copy(data)]), ("many_zst_files", split_corpus(data, 2 * args.workers)))}
     seconds = {"granite": median_seconds(granite_run, args.repeats),
                "datatrove": median_seconds(datatrove_run, args.repeats),
                "bare_encode_batch": median_seconds(bare_loop, args.repeats)}
@@ -68,8 +80,73 @@ def main() -> None:
         "median_seconds": seconds, "tokens_per_second": rates,
         "ratio_granite_vs_datatrove": rates["granite"] / rates["datatrove"],
         "ratio_granite_vs_bare_encode": rates["granite"] / rates["bare_encode_batch"],
+        "job_array": {"workers": args.workers, **{layout: {
+            "worker_seconds": times, "slowest_worker_seconds": {tool: max(t) for tool, t in times.items()},
+            "ratio_granite_vs_datatrove": max(times["datatrove"]) / max(times["granite"])} for layout, times in array.items()}},
         "goals": {"vs_datatrove": ">= 1.2", "vs_bare_encode": ">= 0.85"},
     })
+
+
+def plain_copy(data: Path) -> Path:
+    """The corpus as one uncompressed JSONL file, alone in its directory (datatrove reads a directory)."""
+    path = data.parent / f"{data.name.split('.')[0]}-plain" / "corpus.jsonl"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        with open(path.with_suffix(".tmp"), "wb") as out:
+            out.write(zstandard.ZstdDecompressor().stream_reader(open(data, "rb")).read())
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def split_corpus(data: Path, count: int) -> list[Path]:
+    """The corpus dealt line by line into `count` .jsonl.zst files of about the same size."""
+    directory = data.parent / f"{data.name.split('.')[0]}-split{count}"
+    paths = [directory / f"part-{i:03d}.jsonl.zst" for i in range(count)]
+    if not all(p.exists() for p in paths):
+        directory.mkdir(exist_ok=True)
+        lines = zstandard.ZstdDecompressor().stream_reader(open(data, "rb")).read().splitlines(keepends=True)
+        for i, path in enumerate(paths):
+            path.write_bytes(zstandard.ZstdCompressor(level=3).compress(b"".join(lines[i::count])))
+    return paths
+
+
+def array_seconds(files: list[Path], tok, identity: dict, tok_dir: Path, workers: int, batch: int) -> dict:
+    """Each tool's seconds per job-array worker over the files: granite's tokenize workers read their part
+    (granite_cli/data/parts.py), datatrove's ranks the files its reader deals them."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    from granite_cli.data.parts import part_records, worker_parts
+    from granite_cli.data.records import ErrorPolicy
+    from stages.tokenize import write_shards
+
+    compression, pattern = ("zstd", "*.jsonl.zst") if files[0].name.endswith(".zst") else (None, "*.jsonl")
+
+    def granite_worker(index: int):
+        out = WORK / "tok-array-granite"
+        shutil.rmtree(out, ignore_errors=True)
+        parts = worker_parts([str(f) for f in files], index, workers)
+        records = chain.from_iterable(part_records(p, ErrorPolicy(), require_text=True) for p in parts)
+        write_shards(records, tok, identity, out, shard_tokens=64_000_000, batch_docs=batch)
+
+    def datatrove_worker(index: int):
+        out = WORK / "tok-array-datatrove"
+        shutil.rmtree(out, ignore_errors=True)
+        LocalPipelineExecutor(pipeline=[
+            JsonlReader(str(files[0].parent), glob_pattern=pattern, compression=compression, id_key="id", text_key="text"),
+            DocumentTokenizer(str(out / "out"), tokenizer_name_or_path=str(tok_dir / "tokenizer.json"),
+                              eos_token="<|end_of_text|>", batch_size=batch, shuffle_documents=False),
+        ], tasks=workers, workers=1, local_tasks=1, local_rank_offset=index, logging_dir=str(out / "logs"),
+            skip_completed=False).run()
+
+    times = {"granite": [], "datatrove": []}
+    for index in range(workers):
+        for tool, run in (("granite", granite_worker), ("datatrove", datatrove_worker)):
+            start = time.perf_counter()
+            run(index)
+            times[tool].append(time.perf_counter() - start)
+    return times
 
 
 if __name__ == "__main__":
