@@ -65,12 +65,11 @@ def tokenize_command(
 ) -> None:
     """Tokenize documents into a token shard directory (EOS after each document). Resumes an interrupted run.
 
-    In a job array (--num-shards N, or Slurm's array variables) worker I writes its own part-I
-    directory, which a training stage given the parent directory reads with the others. Reading
-    files, worker I reads only its part of them: 1/N of each plain JSONL file, or its share of the
-    compressed files (every N-th line of each, where there are fewer files than workers); reading
-    stdin it takes the whole stream, which is already its share (`granite mix` in the same array
-    splits the documents upstream).
+    In a job array (--num-shards N, or Slurm's array variables) worker I writes a part-I directory; training reads all.
+
+    Given files, a worker reads its part: 1/N of each plain JSONL file, or its share of the compressed files.
+
+    Given stdin, it takes the whole stream: `granite mix` in the same array has already split the documents.
     """
     paths = input_paths(inputs)
     index, count = options.array_position(shard_index, num_shards)
