@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -32,7 +32,7 @@ from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import format_count, load_recipe, parse_count
 from granite_cli.data.atomic import OutputLock, atomic_directory, atomic_path, partial_directory, publish
-from granite_cli.data.parts import part_records, worker_parts
+from granite_cli.data.parts import worker_records
 from granite_cli.data.records import STDIO, ErrorPolicy, input_paths, read_records
 from granite_cli.data.sources import read_unit, source_units
 
@@ -83,7 +83,7 @@ def tokenize_command(
     if identity["eos_id"] is None:
         raise BadInput("the tokenizer has no EOS token; documents need one between them", tokenizer_path)
     if count > 1 and STDIO not in paths:  # this worker's part of the files (granite_cli/data/parts.py)
-        records = chain.from_iterable(part_records(p, policy, require_text=True) for p in worker_parts(paths, index, count))
+        records = worker_records(paths, policy, index, count, require_text=True)
     else:
         records = read_records(paths, policy, require_text=True)
     first = next(records, None)

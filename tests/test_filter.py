@@ -231,6 +231,25 @@ def test_shards_then_dedup_equal_one_run(tmp_path):
     assert report["total"] == len(samples) and report["rules"]["leakage"] == leaks > 0
 
 
+def test_a_worker_filters_only_its_part_of_the_input(tmp_path):
+    """A malformed line in the second half of a plain file stops worker 1 of 2 alone: worker 0 never parses it."""
+    from granite_cli.data.records import read_records
+
+    samples = list(read_records([str(REPO / "examples" / "data" / "chat" / "sft.jsonl.zst")]))[:40]
+    lines = [json.dumps(s).encode() + b"\n" for s in samples] + [b'{"messages": [\n']
+    data = tmp_path / "sft.jsonl"
+    data.write_bytes(b"".join(lines))
+    kept = []
+    for index in (0, 1):
+        result = granite("filter", data, "-o", tmp_path / f"kept{index}.jsonl", "--audit", tmp_path / f"audit{index}.jsonl",
+                         "--checks", "schema", "--run-dir", tmp_path / "runs", "--shard-index", index, "--num-shards", 2)
+        assert result.returncode == index * 2, result.stderr.decode()  # 0, then 2 (bad input)
+        kept.append(result)
+    assert f"{data}[bytes {data.stat().st_size // 2}:{data.stat().st_size}]:" in kept[1].stderr.decode()
+    audited = [json.loads(line)["id"] for line in (tmp_path / "audit0.jsonl").read_text().splitlines()]
+    assert 0 < len(audited) < len(samples) and audited == [s["id"] for s in samples[:len(audited)]]
+
+
 def test_bad_usage_is_exit_2(tmp_path):
     for args in (["--checks", "schema,nonsense"], ["--judge", "/no/such/model"], ["--judge", "http://127.0.0.1:9/v1"],
                  ["--accept-at", "2", "--reject-below", "3"], ["--set", "length.max_tokens"], ["--borderline", "maybe"]):

@@ -3,13 +3,14 @@
 Plain JSONL files are split into N byte ranges aligned to line starts; compressed (and Parquet) files cannot be
 entered in the middle, so they are dealt out whole by size. With fewer such files than workers, every worker reads
 each of them and keeps every N-th line (or row): the file is decompressed N times, but each record is parsed by one
-worker only. mix reads its sources this way, and tokenize its input files.
+worker only. mix reads its sources this way, tokenize and filter their input files.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+from itertools import chain
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -81,3 +82,8 @@ def part_records(part: Part, policy: ErrorPolicy, require_text: bool) -> Iterato
         record = parse_line(line, label, line_no, policy, require_text)
         if record is not None:
             yield record
+
+
+def worker_records(paths: list[str], policy: ErrorPolicy, index: int, count: int, require_text: bool = False) -> Iterator[dict]:
+    """The records of worker `index` of `count`'s part of the record files (all of them when count is 1)."""
+    return chain.from_iterable(part_records(p, policy, require_text) for p in worker_parts(paths, index, count))

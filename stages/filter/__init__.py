@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -27,7 +27,8 @@ from granite_cli.console import console, progress
 from granite_cli.errors import BadInput, GraniteError
 from granite_cli.recipe import FilterSection, Recipe, expand_path, load_recipe
 from granite_cli.data.atomic import atomic_path
-from granite_cli.data.records import ErrorPolicy, dumps, input_paths, read_records, record_writer
+from granite_cli.data.parts import worker_records
+from granite_cli.data.records import STDIO, ErrorPolicy, dumps, input_paths, read_records, record_writer
 from stages.filter import report as report_module
 from stages.filter.curate import DEDUP_RULES, OPTIONAL_CHECKS, Check, Curator
 from stages.filter.dedup import ExactIndex, MinHashIndex
@@ -101,10 +102,8 @@ def run_curation(curator: Curator, paths: list[str], output: Optional[str], audi
     with record_writer(output) as kept_sink, record_writer(audit_path) as audit_sink, progress() as bar:
         task = bar.add_task("filter", total=None, rate="")
         pending: list[dict] = []
-        for position, sample in enumerate(read_records(paths, errors)):
-            if position % count != index:
-                continue
-            sample.setdefault("id", f"#{position}")
+        for position, sample in enumerate(worker_samples(paths, errors, index, count)):
+            sample.setdefault("id", f"#{position}" if count == 1 else f"#{index}.{position}")
             pending.append(sample)
             if len(pending) == chunk:
                 judged += write_chunk(curator.curate(pending), kept_sink, audit_sink)
@@ -117,6 +116,14 @@ def run_curation(curator: Curator, paths: list[str], output: Optional[str], audi
                                f"errors above, or check --judge, --judge-model and the server")
     errors.report()
     console.print(f"audit: {audit_path}")
+
+
+def worker_samples(paths: list[str], errors: ErrorPolicy, index: int, count: int) -> Iterator[dict]:
+    """This worker's samples: its part of the files (granite_cli/data/parts.py), or every N-th sample of stdin (a
+    stream cannot be split)."""
+    if STDIO not in paths:
+        return worker_records(paths, errors, index, count)
+    return (sample for position, sample in enumerate(read_records(paths, errors)) if position % count == index)
 
 
 def write_chunk(results: list[tuple[dict, dict]], kept_sink, audit_sink) -> Counter:
