@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from itertools import chain
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -84,6 +83,8 @@ def part_records(part: Part, policy: ErrorPolicy, require_text: bool) -> Iterato
             yield record
 
 
-def worker_records(paths: list[str], policy: ErrorPolicy, index: int, count: int, require_text: bool = False) -> Iterator[dict]:
+def worker_records(paths: list[str], policy: ErrorPolicy, index: int, count: int,
+                   require_text: bool = False) -> Iterator[dict]:
     """The records of worker `index` of `count`'s part of the record files (all of them when count is 1)."""
-    return chain.from_iterable(part_records(p, policy, require_text) for p in worker_parts(paths, index, count))
+    parts = worker_parts(paths, index, count)
+    return itertools.chain.from_iterable(part_records(part, policy, require_text) for part in parts)
