@@ -82,13 +82,16 @@ def tokenize_command(
     identity = tokenizer_identity(tok, tokenizer_path)
     if identity["eos_id"] is None:
         raise BadInput("the tokenizer has no EOS token; documents need one between them", tokenizer_path)
-    if count > 1 and STDIO not in paths:  # this worker's part of the files (granite_cli/data/parts.py)
+    split = count > 1 and STDIO not in paths
+    if split:  # this worker's part of the files (granite_cli/data/parts.py)
         records = worker_records(paths, policy, index, count, require_text=True)
     else:
         records = read_records(paths, policy, require_text=True)
     first = next(records, None)
     if first is None:
-        raise BadInput("no documents in the input", ", ".join(paths))
+        whose = f"worker {index} of {count}'s part of " if split else ""
+        advice = " (its byte range holds no line start, or it was dealt no file: use fewer workers)" if split else ""
+        raise BadInput(f"no documents in {whose}the input{advice}", ", ".join(paths))
     out = Path(output) if output else loaded.paths.shards(_phase_dir(phase, first))
     if count > 1:
         out = out / f"part-{index:05d}"

@@ -210,6 +210,13 @@ def test_job_array_workers_split_files_and_write_their_own_parts(tokenizer_dir, 
         assert sum(counts) == len(docs) and min(counts) > 0, counts
 
 
+def test_a_worker_whose_part_holds_no_document_says_so(tokenizer_dir, tmp_path):
+    one = write_jsonl(tmp_path / "one.jsonl", sample_documents(per_source=1)[:1])  # a single line: worker 1 gets none
+    results, parts = tokenize_workers([one], tokenizer_dir, tmp_path / "run", 2)
+    assert results[0].returncode == 0 and parts[0].manifest["documents"] == 1
+    assert results[1].returncode == 2 and "no documents in worker 1 of 2's part of the input" in results[1].stderr.decode()
+
+
 def test_a_worker_parses_only_its_own_part_of_the_input(tokenizer_dir, tmp_path):
     """A malformed line stops the one worker whose part holds it; the others never parse it, so they finish."""
     docs = sample_documents(per_source=2)
