@@ -1,19 +1,18 @@
 """Reading a recipe source's documents: local JSONL/.zst/.gz/Parquet globs or a cached HF dataset.
 
-Every reader streams: Parquet by record batch, datasets by iteration, JSONL by line, so memory stays
-bounded whatever the size of a source.
+Every reader streams: Parquet and datasets by Arrow batch, JSONL by line, so memory stays bounded whatever the size
+of a source.
 
 A job-array worker reads only its part of each source (granite_cli/data/parts.py): 1/N of every plain JSONL file as
 a byte range aligned to line starts, and whole compressed (or Parquet) files dealt out by size. A source with fewer
 unsplittable files than workers is the exception: each worker decompresses those files whole and keeps every N-th
-line, so they are read N times though each document is parsed once (split such a source into at least N files, or
-leave it uncompressed).
+line (or row), so they are read N times though each document is parsed once (split such a source into at least N
+files, or leave it uncompressed). A cached HF dataset is one unit: each worker converts every N-th row of it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 from typing import Iterator, Optional
 
 from granite_cli.errors import BadInput
@@ -21,7 +20,7 @@ from granite_cli.recipe import Source
 from granite_cli.data.parts import Part, part_lines
 from granite_cli.data.records import ErrorPolicy, parse_line
 
-PARQUET_BATCH = 1024
+ROW_BATCH = 1024  # Parquet and dataset rows converted to Python at a time
 
 
 def source_units(source: Source) -> list[str]:
@@ -38,12 +37,12 @@ def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[tuple
     """(document, the JSONL line it was parsed from) for each document of one worker's part of a unit. The line
     lets mix write a document out without serialising it again; Parquet and datasets rows have none (None)."""
     if part.unit.startswith("hf:"):
-        rows = _read_hf(part.unit[3:], source)
+        batches = _hf_batches(part.unit[3:], source)
     elif part.unit.endswith(".parquet"):
-        rows = _read_parquet(part.unit, source)
+        batches = _parquet_batches(part.unit, source)
     else:
         return _jsonl_documents(*part_lines(part), source, policy)
-    return ((row, None) for row in itertools.islice(rows, part.offset, None, part.stride))
+    return ((row, None) for row in _strided_rows(batches, source, part.stride, part.offset))
 
 
 def read_unit(unit: str, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
@@ -68,30 +67,40 @@ def _jsonl_documents(label: str, lines: Iterator[tuple[int, bytes]], source: Sou
         yield record, line
 
 
-def _read_parquet(path: str, source: Source) -> Iterator[dict]:
+def _parquet_batches(path: str, source: Source) -> Iterator:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
     if source.text_field not in parquet.schema_arrow.names:
         raise BadInput(f"no column {source.text_field!r} (columns: {', '.join(parquet.schema_arrow.names)})", path)
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH):
-        for row in batch.to_pylist():
-            row["text"] = row.pop(source.text_field)
-            yield row
+    return parquet.iter_batches(batch_size=ROW_BATCH)
 
 
-def _read_hf(name: str, source: Source) -> Iterator[dict]:
-    """A dataset from the local Hugging Face cache (nothing is downloaded: HF_DATASETS_OFFLINE applies)."""
+def _hf_batches(name: str, source: Source) -> Iterator:
+    """A dataset from the local Hugging Face cache (nothing is downloaded: HF_DATASETS_OFFLINE applies), as Arrow
+    tables of rows."""
     import datasets
 
     try:
         dataset = datasets.load_dataset(name, split=source.split)
     except Exception as err:  # datasets raises many types for "not cached"
         raise BadInput(f"source {source.name!r}: cannot load hf:{name} from the local cache ({err})") from err
-    for row in dataset:
-        row = dict(row)
-        row["text"] = row.pop(source.text_field)
-        yield row
+    if source.text_field not in dataset.column_names:
+        raise BadInput(f"source {source.name!r}: hf:{name} has no column {source.text_field!r} (columns: "
+                       f"{', '.join(dataset.column_names)})")
+    return dataset.with_format("arrow").iter(batch_size=ROW_BATCH)
+
+
+def _strided_rows(batches: Iterator, source: Source, stride: int, offset: int) -> Iterator[dict]:
+    """Rows offset, offset + stride, ... of a stream of Arrow batches, each with its text under `text`. Only those
+    rows become Python objects, so a job-array worker given a file or dataset it cannot split converts its own."""
+    start = 0
+    for batch in batches:
+        mine = batch if stride == 1 else batch.take(list(range((offset - start) % stride, len(batch), stride)))
+        start += len(batch)
+        for row in mine.to_pylist():
+            row["text"] = row.pop(source.text_field)
+            yield row
 
 
 def is_heldout(doc: dict, source: Source, fraction: float) -> bool:
