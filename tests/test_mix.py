@@ -191,12 +191,15 @@ cached = 50
 def test_a_worker_converts_every_nth_row_of_a_parquet_file_or_dataset(tmp_path):
     """Rows are picked out of each Arrow batch before they become Python objects; batches of 1,024 rows do not line
     up with 3 workers, so the picking must follow the row's place in the whole file."""
+    from dataclasses import replace
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from granite_cli.data.parts import worker_parts
     from granite_cli.data.records import ErrorPolicy
     from granite_cli.data.sources import read_part, source_units
+    from granite_cli.errors import BadInput
     from granite_cli.recipe import load_recipe
 
     (tmp_path / "pq").mkdir()
@@ -212,6 +215,9 @@ def test_a_worker_converts_every_nth_row_of_a_parquet_file_or_dataset(tmp_path):
             texts = [d["text"] for p in worker_parts(source_units(source), index, 3)
                      for d, _ in read_part(p, source, ErrorPolicy())]
             assert texts == [f"row {i}" for i in range(index, 2500, 3)], (source.name, index)
+    for source in loaded.sources.values():  # a text column that is not there is bad input, for both
+        with pytest.raises(BadInput, match="no column 'body'"):
+            next(read_part(worker_parts(source_units(source), 0, 1)[0], replace(source, text_field="body"), ErrorPolicy()))
 
 
 def test_heldout_split_is_disjoint_from_every_training_mix(phase4, tmp_path):
