@@ -138,6 +138,7 @@ bench: install
 	test -f runs/tiny/checkpoints/pretrain-phase-4/lineage.json || $(MAKE) all
 	$(PY) benchmarks/bench_tokenize.py
 	$(PY) benchmarks/bench_mix.py
+	$(PY) benchmarks/bench_worker_share.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_pretrain.py
 	$(PY) benchmarks/bench_eval_agreement.py

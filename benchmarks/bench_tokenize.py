@@ -21,10 +21,8 @@ import time
 from itertools import chain
 from pathlib import Path
 
-import zstandard
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import WORK, corpus, median_seconds, save, tokenizer  # noqa: E402
+from benchmarks.common import WORK, corpus, median_seconds, plain_copy, save, split_corpus, tokenizer  # noqa: E402
 
 
 def main() -> None:
@@ -85,29 +83,6 @@ def main() -> None:
             "ratio_granite_vs_datatrove": max(times["datatrove"]) / max(times["granite"])} for layout, times in array.items()}},
         "goals": {"vs_datatrove": ">= 1.2", "vs_bare_encode": ">= 0.85"},
     })
-
-
-def plain_copy(data: Path) -> Path:
-    """The corpus as one uncompressed JSONL file, alone in its directory (datatrove reads a directory)."""
-    path = data.parent / f"{data.name.split('.')[0]}-plain" / "corpus.jsonl"
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        with open(path.with_suffix(".tmp"), "wb") as out:
-            out.write(zstandard.ZstdDecompressor().stream_reader(open(data, "rb")).read())
-        path.with_suffix(".tmp").rename(path)
-    return path
-
-
-def split_corpus(data: Path, count: int) -> list[Path]:
-    """The corpus dealt line by line into `count` .jsonl.zst files of about the same size."""
-    directory = data.parent / f"{data.name.split('.')[0]}-split{count}"
-    paths = [directory / f"part-{i:03d}.jsonl.zst" for i in range(count)]
-    if not all(p.exists() for p in paths):
-        directory.mkdir(exist_ok=True)
-        lines = zstandard.ZstdDecompressor().stream_reader(open(data, "rb")).read().splitlines(keepends=True)
-        for i, path in enumerate(paths):
-            path.write_bytes(zstandard.ZstdCompressor(level=3).compress(b"".join(lines[i::count])))
-    return paths
 
 
 def array_seconds(files: list[Path], tok, identity: dict, tok_dir: Path, workers: int, batch: int) -> dict:

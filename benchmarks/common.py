@@ -48,6 +48,29 @@ def corpus(megabytes: int) -> Path:
     return path
 
 
+def plain_copy(data: Path) -> Path:
+    """The corpus as one uncompressed JSONL file, alone in its directory (datatrove reads a directory)."""
+    path = data.parent / f"{data.name.split('.')[0]}-plain" / "corpus.jsonl"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        with open(path.with_suffix(".tmp"), "wb") as out:
+            out.write(zstandard.ZstdDecompressor().stream_reader(open(data, "rb")).read())
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def split_corpus(data: Path, count: int) -> list[Path]:
+    """The corpus dealt line by line into `count` .jsonl.zst files of about the same size."""
+    directory = data.parent / f"{data.name.split('.')[0]}-split{count}"
+    paths = [directory / f"part-{i:03d}.jsonl.zst" for i in range(count)]
+    if not all(p.exists() for p in paths):
+        directory.mkdir(exist_ok=True)
+        lines = zstandard.ZstdDecompressor().stream_reader(open(data, "rb")).read().splitlines(keepends=True)
+        for i, path in enumerate(paths):
+            path.write_bytes(zstandard.ZstdCompressor(level=3).compress(b"".join(lines[i::count])))
+    return paths
+
+
 def tokenizer() -> Path:
     """The tiny recipe's tokenizer (trained on the bundled data if it is not there yet)."""
     path = REPO / "runs" / "tiny" / "tokenizer"

@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS  # noqa: E402
 
-BENCHMARKS = ("tokenize", "mix", "memory", "pretrain", "eval_agreement", "eval_memory", "filter", "sft", "sandbox", "rl", "reward_model")
+BENCHMARKS = ("tokenize", "mix", "worker_share", "memory", "pretrain", "eval_agreement", "eval_memory", "filter", "sft",
+              "sandbox", "rl", "reward_model")
 GPU = "gpu"  # bench_gpu.py: not part of `make bench` (it needs an NVIDIA GPU); listed when its results are there
 
 
