@@ -64,9 +64,9 @@ def layouts(data: Path, workers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--megabytes", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--megabytes", type=int, default=200, help="size of the corpus built from the bundled data")
+    parser.add_argument("--workers", type=int, default=8, help="job-array workers (each layout's .zst files: twice that)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each read; the median is reported")
     args = parser.parse_args()
     data = corpus(args.megabytes)
     results = {}
