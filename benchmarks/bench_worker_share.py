@@ -3,8 +3,9 @@
 mix, tokenize and filter workers read only their part of their input (granite_cli/data/parts.py). For each layout of
 the same corpus, every one of --workers workers iterates its records (parsing them, nothing else) and is timed; the
 array takes as long as its slowest worker, so the ratio is one whole pass over the slowest worker's time: close to
---workers where the layout can be split (plain JSONL, several compressed files), lower where every worker must
-decompress or scan the whole input to find its rows (one .jsonl.zst, one Parquet file, a cached dataset).
+--workers where the layout can be split (plain JSONL, several compressed files, a Parquet file with a row group for
+every worker), lower where every worker must decompress or scan the whole input to find its rows (one .jsonl.zst, a
+Parquet file with fewer row groups than workers, a cached dataset).
 
     python benchmarks/bench_worker_share.py [--megabytes 200] [--workers 8] [--repeats 3]
 """
@@ -23,22 +24,23 @@ from granite_cli.data.sources import read_part  # noqa: E402
 from granite_cli.recipe import Source  # noqa: E402
 
 
-def parquet_copy(data: Path) -> Path:
-    """The corpus's id and text columns as one Parquet file (row groups of 64K rows, pyarrow's writer default is 1M)."""
+def parquet_copy(data: Path, group_rows: int) -> Path:
+    """The corpus's id and text columns as one Parquet file, in row groups of `group_rows` rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = data.parent / f"{data.name.split('.')[0]}-parquet" / "corpus.parquet"
+    path = data.parent / f"{data.name.split('.')[0]}-parquet-{group_rows}" / "corpus.parquet"
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
         rows = [{"id": r.get("id"), "text": r["text"]} for r in read_records([str(data)])]
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=65536)
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=group_rows)
     return path
 
 
 def layouts(data: Path, workers: int) -> dict:
     """Each layout's reader: index -> the number of records worker `index` of `workers` reads (index None: all)."""
-    parquet = parquet_copy(data)
+    parquet = parquet_copy(data, 65536)  # 2 row groups here: fewer than the workers, so each keeps every N-th row
+    grouped = parquet_copy(data, 4096)  # a row group for every worker: dealt out by row group
 
     def files(paths: list[Path]):
         def read(index):
@@ -58,6 +60,7 @@ def layouts(data: Path, workers: int) -> dict:
         "one_jsonl_zst": files([data]),
         "many_jsonl_zst": files(split_corpus(data, 2 * workers)),
         "one_parquet": source(str(parquet), paths=[str(parquet)]),
+        "one_parquet_small_row_groups": source(str(grouped), paths=[str(grouped)]),
         "cached_dataset": source(f"hf:{parquet.parent}", hf=str(parquet.parent)),
     }
 

@@ -220,6 +220,27 @@ def test_a_worker_converts_every_nth_row_of_a_parquet_file_or_dataset(tmp_path):
             next(read_part(worker_parts(source_units(source), 0, 1)[0], replace(source, text_field="body"), ErrorPolicy()))
 
 
+def test_a_parquet_file_with_a_row_group_for_every_worker_is_dealt_out_by_row_group(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from granite_cli.data.parts import worker_parts
+    from granite_cli.data.records import ErrorPolicy
+    from granite_cli.data.sources import read_part
+    from granite_cli.recipe import Source
+
+    path = tmp_path / "data.parquet"  # 10 row groups of 250 rows
+    pq.write_table(pa.Table.from_pylist([{"text": f"row {i}"} for i in range(2500)]), path, row_group_size=250)
+    source = Source(name="local", paths=[str(path)])
+    seen = []
+    for index in range(3):
+        (part,) = worker_parts([str(path)], index, 3)
+        assert part.row_groups and part.key().endswith(f"[row groups {index}::3]")
+        seen.append([d["text"] for d, _ in read_part(part, source, ErrorPolicy())])
+        assert seen[-1] == [f"row {i}" for group in range(index, 10, 3) for i in range(250 * group, 250 * group + 250)]
+    assert sorted(sum(seen, [])) == sorted(f"row {i}" for i in range(2500))
+
+
 def test_heldout_split_is_disjoint_from_every_training_mix(phase4, tmp_path):
     _, run = phase4
     heldout = {(d["source"], d["id"]) for d in records(mix("--heldout", "--run-dir", run).stdout)}

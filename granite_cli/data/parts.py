@@ -1,9 +1,10 @@
 """A job-array worker's share of a set of record files: what it reads, so that N workers read the data once.
 
 Plain JSONL files are split into N byte ranges aligned to line starts; compressed (and Parquet) files cannot be
-entered in the middle, so they are dealt out whole by size. With fewer such files than workers, every worker reads
-each of them and keeps every N-th line (or row): the file is decompressed N times, but each record is parsed by one
-worker only. mix reads its sources this way, tokenize and filter their input files.
+entered in the middle, so they are dealt out whole by size. With fewer such files than workers, a Parquet file with at
+least N row groups is dealt out by row group; otherwise every worker reads each file and keeps every N-th line (or
+row): the file is decompressed N times, but each record is parsed by one worker only. mix reads its sources this way,
+tokenize and filter their input files.
 """
 
 from __future__ import annotations
@@ -19,19 +20,24 @@ from granite_cli.data.records import ErrorPolicy, check_record_file, iter_lines,
 @dataclass(frozen=True)
 class Part:
     """What one worker reads of one unit (a file, or `hf:NAME`): all of it, bytes [start, end) of a plain JSONL file,
-    or every `stride`-th line (row) starting at the `offset`-th (a file it cannot split)."""
+    every `stride`-th row group of a Parquet file starting at the `offset`-th (`row_groups`), or else every
+    `stride`-th line (row) starting at the `offset`-th (a file it cannot split)."""
 
     unit: str
     start: int = 0
     end: Optional[int] = None
     stride: int = 1
     offset: int = 0
+    row_groups: bool = False
 
     def key(self) -> str:
         """Names the part (token-count cache keys, reports)."""
         if self.end is not None:
             return f"{self.unit}[{self.start}:{self.end}]"
-        return f"{self.unit}[{self.offset}::{self.stride}]" if self.stride > 1 else self.unit
+        if self.stride == 1:
+            return self.unit
+        return f"{self.unit}[row groups {self.offset}::{self.stride}]" if self.row_groups else \
+            f"{self.unit}[{self.offset}::{self.stride}]"
 
 
 def worker_parts(units: list[str], index: int, count: int) -> list[Part]:
@@ -56,9 +62,18 @@ def worker_parts(units: list[str], index: int, count: int) -> list[Part]:
             if worker == index:
                 mine.append(unit)
         parts += [Part(u) for u in sorted(mine)]
-    else:
-        parts += [Part(u, stride=count, offset=index) for u in whole]
+    else:  # a Parquet file with a row group for every worker is dealt out by row group; the rest by line or row
+        parts += [Part(u, stride=count, offset=index, row_groups=_row_groups(u) >= count) for u in whole]
     return parts
+
+
+def _row_groups(unit: str) -> int:
+    """A Parquet file's row groups (read from its footer); 0 for anything else."""
+    if not unit.endswith(".parquet"):
+        return 0
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(unit).metadata.num_row_groups
 
 
 def _size(unit: str) -> int:

@@ -5,9 +5,10 @@ of a source.
 
 A job-array worker reads only its part of each source (granite_cli/data/parts.py): 1/N of every plain JSONL file as
 a byte range aligned to line starts, and whole compressed (or Parquet) files dealt out by size. A source with fewer
-unsplittable files than workers is the exception: each worker decompresses those files whole and keeps every N-th
-line (or row), so they are read N times though each document is parsed once (split such a source into at least N
-files, or leave it uncompressed). A cached HF dataset is one unit: each worker converts every N-th row of it.
+unsplittable files than workers is the exception: a Parquet file with at least N row groups is dealt out by row
+group, and otherwise each worker decompresses those files whole and keeps every N-th line (or row), so they are read
+N times though each document is parsed once (split such a source into at least N files, or leave it uncompressed).
+A cached HF dataset is one unit: each worker converts every N-th row of it.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def read_part(part: Part, source: Source, policy: ErrorPolicy) -> Iterator[tuple
     if part.unit.startswith("hf:"):
         batches = _hf_batches(part.unit[3:], source)
     elif part.unit.endswith(".parquet"):
-        batches = _parquet_batches(part.unit, source)
+        batches = _parquet_batches(part, source)
     else:
         return _jsonl_documents(*part_lines(part), source, policy)
-    return ((row, None) for row in _strided_rows(batches, source, part.stride, part.offset))
+    stride, offset = (1, 0) if part.row_groups else (part.stride, part.offset)  # a worker's row groups are all its own
+    return ((row, None) for row in _strided_rows(batches, source, stride, offset))
 
 
 def read_unit(unit: str, source: Source, policy: ErrorPolicy) -> Iterator[dict]:
@@ -67,13 +69,16 @@ def _jsonl_documents(label: str, lines: Iterator[tuple[int, bytes]], source: Sou
         yield record, line
 
 
-def _parquet_batches(path: str, source: Source) -> Iterator:
+def _parquet_batches(part: Part, source: Source) -> Iterator:
+    """A Parquet file's rows as Arrow batches: only the part's row groups where it is dealt out by row group."""
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(part.unit)
     if source.text_field not in parquet.schema_arrow.names:
-        raise BadInput(f"no column {source.text_field!r} (columns: {', '.join(parquet.schema_arrow.names)})", path)
-    return parquet.iter_batches(batch_size=ROW_BATCH)
+        names = ", ".join(parquet.schema_arrow.names)
+        raise BadInput(f"no column {source.text_field!r} (columns: {names})", part.unit)
+    groups = list(range(part.offset, parquet.metadata.num_row_groups, part.stride)) if part.row_groups else None
+    return parquet.iter_batches(batch_size=ROW_BATCH, row_groups=groups)
 
 
 def _hf_batches(name: str, source: Source) -> Iterator:
