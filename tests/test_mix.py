@@ -227,6 +227,7 @@ def test_a_parquet_file_with_a_row_group_for_every_worker_is_dealt_out_by_row_gr
     from granite_cli.data.parts import worker_parts
     from granite_cli.data.records import ErrorPolicy
     from granite_cli.data.sources import read_part
+    from granite_cli.errors import BadInput
     from granite_cli.recipe import Source
 
     path = tmp_path / "data.parquet"  # 10 row groups of 250 rows
@@ -239,6 +240,10 @@ def test_a_parquet_file_with_a_row_group_for_every_worker_is_dealt_out_by_row_gr
         seen.append([d["text"] for d, _ in read_part(part, source, ErrorPolicy())])
         assert seen[-1] == [f"row {i}" for group in range(index, 10, 3) for i in range(250 * group, 250 * group + 250)]
     assert sorted(sum(seen, [])) == sorted(f"row {i}" for i in range(2500))
+    path.write_bytes(b"not a Parquet file")  # bad input, whether its row groups are counted or it is read
+    for count in (1, 3):
+        with pytest.raises(BadInput, match="cannot read it as Parquet"):
+            next(read_part(worker_parts([str(path)], 0, count)[0], source, ErrorPolicy()))
 
 
 def test_heldout_split_is_disjoint_from_every_training_mix(phase4, tmp_path):

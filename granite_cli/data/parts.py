@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+from granite_cli.errors import BadInput
 from granite_cli.data.records import ErrorPolicy, check_record_file, iter_lines, iter_range_lines, parse_line
 
 
@@ -36,8 +37,8 @@ class Part:
             return f"{self.unit}[{self.start}:{self.end}]"
         if self.stride == 1:
             return self.unit
-        return f"{self.unit}[row groups {self.offset}::{self.stride}]" if self.row_groups else \
-            f"{self.unit}[{self.offset}::{self.stride}]"
+        what = "row groups " if self.row_groups else ""
+        return f"{self.unit}[{what}{self.offset}::{self.stride}]"
 
 
 def worker_parts(units: list[str], index: int, count: int) -> list[Part]:
@@ -69,11 +70,17 @@ def worker_parts(units: list[str], index: int, count: int) -> list[Part]:
 
 def _row_groups(unit: str) -> int:
     """A Parquet file's row groups (read from its footer); 0 for anything else."""
-    if not unit.endswith(".parquet"):
-        return 0
+    return open_parquet(unit).metadata.num_row_groups if unit.endswith(".parquet") else 0
+
+
+def open_parquet(path: str):
+    """A Parquet file's reader; a file that is not one is bad input, not a traceback."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(unit).metadata.num_row_groups
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise BadInput(f"cannot read it as Parquet ({err})", path) from err
 
 
 def _size(unit: str) -> int:

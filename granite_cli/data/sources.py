@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 from granite_cli.errors import BadInput
 from granite_cli.recipe import Source
-from granite_cli.data.parts import Part, part_lines
+from granite_cli.data.parts import Part, open_parquet, part_lines
 from granite_cli.data.records import ErrorPolicy, parse_line
 
 ROW_BATCH = 1024  # Parquet and dataset rows converted to Python at a time
@@ -71,9 +71,7 @@ def _jsonl_documents(label: str, lines: Iterator[tuple[int, bytes]], source: Sou
 
 def _parquet_batches(part: Part, source: Source) -> Iterator:
     """A Parquet file's rows as Arrow batches: only the part's row groups where it is dealt out by row group."""
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(part.unit)
+    parquet = open_parquet(part.unit)
     if source.text_field not in parquet.schema_arrow.names:
         names = ", ".join(parquet.schema_arrow.names)
         raise BadInput(f"no column {source.text_field!r} (columns: {names})", part.unit)
