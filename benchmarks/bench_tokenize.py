@@ -18,7 +18,6 @@ import argparse
 import shutil
 import sys
 import time
-from itertools import chain
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -92,7 +91,7 @@ def array_seconds(files: list[Path], tok, identity: dict, tok_dir: Path, workers
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.tokens import DocumentTokenizer
 
-    from granite_cli.data.parts import part_records, worker_parts
+    from granite_cli.data.parts import worker_records
     from granite_cli.data.records import ErrorPolicy
     from stages.tokenize import write_shards
 
@@ -101,8 +100,7 @@ def array_seconds(files: list[Path], tok, identity: dict, tok_dir: Path, workers
     def granite_worker(index: int):
         out = WORK / "tok-array-granite"
         shutil.rmtree(out, ignore_errors=True)
-        parts = worker_parts([str(f) for f in files], index, workers)
-        records = chain.from_iterable(part_records(p, ErrorPolicy(), require_text=True) for p in parts)
+        records = worker_records([str(f) for f in files], ErrorPolicy(), index, workers, require_text=True)
         write_shards(records, tok, identity, out, shard_tokens=64_000_000, batch_docs=batch)
 
     def datatrove_worker(index: int):
